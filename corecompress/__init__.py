@@ -1,0 +1,20 @@
+"""corecompress: compress face-analysis models (pruning + distillation) through plugins.
+
+The core knows no method: FACES, AdaDistill, the baselines, the face models, data and
+evaluators are plugins found through the ``corecompress`` entry-point group.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(path: str, map_location: str = "cpu"):  # noqa: ANN201 - returns torch.nn.Module
+    """Rebuild an exported (possibly pruned) model from its directory: architecture + plan + weights.
+
+    No recipe and no pickle are needed; see :mod:`corecompress.export`.
+    """
+    from corecompress.export import load_exported
+
+    return load_exported(path, map_location=map_location)

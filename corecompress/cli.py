@@ -1,0 +1,147 @@
+"""The ``corecompress`` command. User mistakes print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from corecompress import __version__
+from corecompress.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _one_line_warnings() -> None:
+    def fmt(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = fmt  # type: ignore[assignment]
+
+
+def load_for_recipe(path: str, strict: bool | None = None) -> tuple[dict, Any, Any]:
+    """Read a recipe, load the plugins it asks for, validate it: (raw, plugins, recipe)."""
+    from corecompress.options import parse_options
+    from corecompress.plugins import load_plugins
+    from corecompress.recipe import PluginsSection, read_recipe, validate_recipe
+
+    raw = read_recipe(path)
+    section = parse_options(PluginsSection, raw.get("plugins"), "plugins")
+    require = raw.get("require") or []
+    if not isinstance(require, list) or not all(isinstance(r, str) for r in require):
+        from corecompress.errors import RecipeError
+        raise RecipeError("require", "expected a list of plugin names")
+    plugins = load_plugins(require=require, block=section.block,
+                           strict=True if (strict or section.strict) else None, autoload=section.autoload)
+    return raw, plugins, validate_recipe(raw, plugins.registry)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from corecompress.rundir import default_run_dir
+    from corecompress.runner import run_recipe
+
+    raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
+    if recipe.matrix or recipe.seeds:
+        print("note: this recipe has a matrix/seeds; 'run' executes the base recipe once"
+              " ('corecompress compare' runs every cell)", file=sys.stderr)
+    out = Path(args.out) if args.out else default_run_dir("runs", recipe.name)
+    ctx = run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw)
+    print(f"run complete: {ctx.out_dir}")
+    print(f"report: {ctx.out_dir / 'report.md'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from corecompress.recipe import expand_matrix
+
+    raw, _plugins, recipe = load_for_recipe(args.recipe, args.strict)
+    cells = len(expand_matrix(raw)) if recipe.matrix else 1
+    runs = cells * max(1, len(recipe.seeds))
+    print(f"{args.recipe}: valid (recipe '{recipe.name}', {cells} matrix cell(s), {runs} run(s))")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from corecompress.plugins import load_plugins
+
+    loaded = load_plugins()
+    by_plugin = loaded.registry.by_plugin()
+    rows = []
+    for name, info in sorted(loaded.plugins.items()):
+        comps = [{"kind": c.kind, "name": c.name} for c in by_plugin.get(name, [])]
+        hooks = sorted(h.name for h in loaded.manager.get_hookcallers(loaded.manager.get_plugin(name)) or []) \
+            if loaded.manager.get_plugin(name) is not None else []
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
+                     "module": info.module, "status": info.status, "error": info.error,
+                     "hooks": hooks, "components": comps})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        status = "" if row["status"] == "loaded" else f"  [{row['status']}: {row['error']}]" if row["error"] else f"  [{row['status']}]"
+        print(f"{row['name']}  ({row['distribution']} {row['version']}){status}")
+        for comp in row["components"]:
+            print(f"    {comp['kind']}/{comp['name']}")
+    return 0
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    from corecompress.options import describe_options
+    from corecompress.plugins import load_plugins
+    from corecompress.registry import KINDS
+
+    if args.kind not in KINDS:
+        from corecompress.options import close_match
+        raise UserError(f"unknown kind '{args.kind}'{close_match(args.kind, KINDS)} (kinds: {', '.join(KINDS)})")
+    comp = load_plugins().registry.get(args.kind, args.name, f"{args.kind}")
+    print(f"{comp.kind}/{comp.name}  (plugin {comp.plugin}, {comp.distribution})")
+    if comp.description:
+        print(f"  {comp.description}")
+    if comp.needs:
+        print(f"  needs: {', '.join(sorted(comp.needs))}")
+    rows = describe_options(comp.options)
+    if not rows:
+        print("  (no options)")
+    for row in rows:
+        print(f"  {row['name']}: {row['type']} = {row['default']}" + (f"  — {row['help']}" if row["help"] else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corecompress", description="Compress face-analysis models with recipes.")
+    parser.add_argument("--version", action="version", version=f"corecompress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a recipe")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a recipe without running it")
+    p.add_argument("recipe")
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("plugins", help="list plugins and the components they register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("options", help="show a component's options")
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_options)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _one_line_warnings()
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments, one usage line
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

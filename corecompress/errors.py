@@ -1,0 +1,19 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (recipe, file, arguments): one clear line, no traceback."""
+
+
+class RecipeError(UserError):
+    """A recipe that does not validate; the message starts with the key path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.detail = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class PluginError(UserError):
+    """A plugin that is required but broken, blocked or missing, or two plugins that clash."""

@@ -1,0 +1,86 @@
+"""Run directories and atomic file writes. Nothing a user already has is overwritten unasked."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from corecompress.errors import UserError
+
+STATUS_FILE = "status.json"
+
+
+def default_run_dir(base: str | Path, name: str) -> Path:
+    return Path(base) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(path: Path, force: bool = False) -> Path:
+    """Create ``path``; an existing non-empty directory is an error unless ``force``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a directory")
+    if path.exists() and any(path.iterdir()):
+        if not force:
+            raise UserError(f"{path}: run directory already exists; choose another --out or pass --force to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / STATUS_FILE, {"state": "running", "started": time.time()})
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def git_revision(start: Path | None = None) -> str | None:
+    """The git commit of the corecompress checkout (with '+dirty'), or None outside a checkout."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(plugin_versions: dict[str, str]) -> dict[str, Any]:
+    """Versions of everything that shaped the result (written as versions.json)."""
+    import numpy
+    import torch
+
+    import corecompress
+
+    try:
+        import timm
+        timm_version = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency
+        timm_version = None
+    return {"corecompress": corecompress.__version__, "torch": torch.__version__, "timm": timm_version,
+            "numpy": numpy.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "git_revision": git_revision(), "plugins": plugin_versions}

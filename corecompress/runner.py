@@ -1,0 +1,206 @@
+"""The runner: one plain function per stage, executed in order; a stage the recipe omits does nothing.
+
+build → train → evaluate_before → score → plan → apply → retrain → evaluate_after → export → report
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from corecompress.context import RunContext
+from corecompress.errors import UserError
+from corecompress.evaluate import evaluate_model
+from corecompress.export import export_run, load_weights_file
+from corecompress.plugins import LoadedPlugins
+from corecompress.pruning.plan import PruningPlan, make_plan
+from corecompress.recipe import Recipe, recipe_to_dict
+from corecompress.rundir import STATUS_FILE, create_run_dir, environment, write_json
+from corecompress.training import train
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build(ctx: RunContext) -> None:
+    r = ctx.recipe
+    ctx.model_spec = ctx.create("model", r.model)
+    ctx.model = ctx.model_spec.build().to(ctx.device)
+    if r.weights:
+        _load_into(ctx.model_spec, ctx.model, r.weights)
+    ctx.data = ctx.create("dataset", r.data)
+    if r.teacher is not None and r.teacher.model is not None:
+        spec = ctx.create("model", r.teacher.model)
+        ctx.teacher = spec.build().to(ctx.device)
+        if r.teacher.weights:
+            _load_into(spec, ctx.teacher, r.teacher.weights)
+        _freeze(ctx.teacher)
+    ctx.log.info("model %s: %.3f M parameters", r.model.name, sum(p.numel() for p in ctx.model.parameters()) / 1e6)
+
+
+def train_stage(ctx: RunContext) -> Any:
+    result = train(ctx, ctx.recipe.train, ctx.model, "train") if ctx.recipe.train else None
+    teacher = ctx.recipe.teacher
+    if teacher is not None and teacher.model is None:      # teacher = the model before pruning
+        ctx.teacher = _freeze(copy.deepcopy(ctx.model))
+        if teacher.weights:
+            load_weights_file(ctx.teacher, teacher.weights)
+    if result is not None:
+        ctx.metrics["train"] = {"seconds": result.seconds, "final_loss": result.final_loss,
+                                "history": result.history}
+    return result
+
+
+def evaluate_before(ctx: RunContext) -> Any:
+    if ctx.recipe.evaluate:
+        ctx.metrics["before"] = evaluate_model(ctx, ctx.model)
+        return ctx.metrics["before"]
+    return None
+
+
+def score(ctx: RunContext) -> Any:
+    p = ctx.recipe.prune
+    if p is None:
+        return None
+    ctx.groups = ctx.model_spec.prunable_groups(ctx.model, tuple(p.targets))
+    if not ctx.groups:
+        raise UserError(f"prune.targets: model '{ctx.recipe.model.name}' has no prunable groups of kind {p.targets}")
+    if p.plan:
+        return None
+    importance = ctx.create("importance", p.importance)
+    start = time.perf_counter()
+    ctx.scores = importance.score(ctx.model, ctx.groups, ctx)
+    ctx.metrics["scoring_seconds"] = time.perf_counter() - start
+    return ctx.scores
+
+
+def plan(ctx: RunContext) -> Any:
+    p = ctx.recipe.prune
+    if p is None:
+        return None
+    if p.plan:
+        ctx.plan = PruningPlan.load(p.plan)
+    else:
+        ctx.plan = make_plan(ctx.scores, ctx.groups, p.sparsity, p.scope, p.min_keep_fraction,
+                             meta={"importance": p.importance.name, "targets": list(p.targets),
+                                   "model": ctx.recipe.model.name})
+    try:
+        ctx.plan.check(ctx.groups)
+    except ValueError as exc:
+        raise UserError(f"prune.plan: {exc}") from None
+    ctx.plan.save(ctx.out_dir / "plan.json")
+    return ctx.plan
+
+
+def apply(ctx: RunContext) -> Any:
+    p = ctx.recipe.prune
+    if p is None:
+        return None
+    applier = ctx.create("applier", p.apply)
+    ctx.model = applier.apply(ctx.model, ctx.groups, ctx.plan, ctx)
+    return ctx.model
+
+
+def retrain(ctx: RunContext) -> Any:
+    if ctx.recipe.retrain is None:
+        return None
+    result = train(ctx, ctx.recipe.retrain, ctx.model, "retrain")
+    ctx.metrics["retrain"] = {"seconds": result.seconds, "final_loss": result.final_loss, "history": result.history}
+    return result
+
+
+def evaluate_after(ctx: RunContext) -> Any:
+    if ctx.recipe.evaluate and (ctx.recipe.prune or ctx.recipe.retrain):
+        ctx.metrics["after"] = evaluate_model(ctx, ctx.model)
+        return ctx.metrics["after"]
+    return None
+
+
+def export(ctx: RunContext) -> Any:
+    if ctx.recipe.export is None:
+        return None
+    return export_run(ctx, ctx.recipe.export.formats)
+
+
+def report(ctx: RunContext) -> Any:
+    write_json(ctx.out_dir / "metrics.json", ctx.metrics)
+    for chosen in ctx.recipe.report:
+        ctx.create("reporter", chosen).write(ctx)
+    return ctx.out_dir / "report.md"
+
+
+STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
+    ("build", build), ("train", train_stage), ("evaluate_before", evaluate_before), ("score", score),
+    ("plan", plan), ("apply", apply), ("retrain", retrain), ("evaluate_after", evaluate_after),
+    ("export", export), ("report", report),
+]
+
+
+def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
+               raw_recipe: dict | None = None) -> RunContext:
+    """Execute every stage of ``recipe`` into the new run directory ``out_dir``."""
+    out_dir = create_run_dir(out_dir, force)
+    log = _make_logger(out_dir)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    seed_everything(recipe.seed, recipe.deterministic)
+    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log)
+    write_json(out_dir / "recipe.resolved.json", recipe_to_dict(recipe))
+    write_json(out_dir / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed})
+    try:
+        for name, stage in STAGES:
+            ctx.hook.on_stage_start(run=ctx, stage=name)
+            start = time.perf_counter()
+            result = stage(ctx)
+            ctx.timings[name] = time.perf_counter() - start
+            ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
+    except BaseException as exc:
+        write_json(out_dir / STATUS_FILE, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        for handler in list(log.handlers):
+            handler.close()
+            log.removeHandler(handler)
+    write_json(out_dir / STATUS_FILE, {"state": "complete", "timings": ctx.timings})
+    return ctx
+
+
+def _freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _load_into(spec: Any, model: torch.nn.Module, path: str) -> None:
+    loader = getattr(spec, "load_weights", None)
+    if loader is not None:
+        loader(model, path)
+    else:
+        load_weights_file(model, path)
+
+
+def _make_logger(out_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"corecompress.run.{out_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fh = logging.FileHandler(out_dir / "log.txt")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(fh)
+    if sys.stderr.isatty():
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    return log

@@ -1,0 +1,32 @@
+"""``cross_entropy``: plain softmax cross-entropy on the model's outputs (no distillation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CrossEntropyOptions:
+    label_smoothing: float = 0.0
+
+
+class CrossEntropy(torch.nn.Module):
+    needs_teacher = False
+
+    def __init__(self, options: CrossEntropyOptions) -> None:
+        super().__init__()
+        self.options = options
+
+    def setup(self, context: Any) -> None:
+        """Nothing to prepare: the model's outputs are the logits."""
+
+    def forward(self, outputs: torch.Tensor, batch: dict[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
+        loss = F.cross_entropy(outputs, batch["label"], label_smoothing=self.options.label_smoothing)
+        return {"loss": loss, "ce": loss.detach()}
+
+
+def register(register: Any) -> None:
+    register("cross_entropy", CrossEntropy, CrossEntropyOptions, description="softmax cross-entropy")

@@ -1,0 +1,73 @@
+"""Model adapters for the test kit's tiny models (the smoke recipe and contract tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from corecompress.pruning.groups import PrunableGroup
+from corecompress.testing.models import TinyCNN, TinyViT
+
+
+@dataclass
+class TinyViTOptions:
+    img_size: int = 16
+    patch: int = 4
+    dim: int = 32
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    num_outputs: int = 10
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch:
+            raise ValueError("img_size: must be a multiple of patch")
+        if self.dim % self.num_heads:
+            raise ValueError("dim: must be a multiple of num_heads")
+
+
+@dataclass
+class TinyCNNOptions:
+    img_size: int = 16
+    channels: int = 16
+    inner: int = 16
+    depth: int = 2
+    num_outputs: int = 10
+
+
+class TinyViTAdapter:
+    """A 2-block ViT (test kit) as a prunable model: channels, heads, neurons."""
+
+    def __init__(self, options: TinyViTOptions) -> None:
+        self.options = options
+        self.input_size = (3, options.img_size, options.img_size)
+        self.embedding_size = options.num_outputs
+
+    def build(self) -> torch.nn.Module:
+        o = self.options
+        return TinyViT(o.img_size, o.patch, o.dim, o.depth, o.num_heads, o.mlp_ratio, o.num_outputs)
+
+    def prunable_groups(self, model: torch.nn.Module, targets: tuple[str, ...]) -> list[PrunableGroup]:
+        return model.prunable_groups(targets)
+
+
+class TinyCNNAdapter:
+    """A residual CNN (test kit) as a prunable model: inner filters of each block."""
+
+    def __init__(self, options: TinyCNNOptions) -> None:
+        self.options = options
+        self.input_size = (3, options.img_size, options.img_size)
+        self.embedding_size = options.num_outputs
+
+    def build(self) -> torch.nn.Module:
+        o = self.options
+        return TinyCNN(o.channels, o.inner, o.depth, o.num_outputs)
+
+    def prunable_groups(self, model: torch.nn.Module, targets: tuple[str, ...]) -> list[PrunableGroup]:
+        return model.prunable_groups(targets)
+
+
+def register(register: Any) -> None:
+    register("tiny_vit", TinyViTAdapter, TinyViTOptions, description="2-block ViT for tests and the smoke recipe")
+    register("tiny_cnn", TinyCNNAdapter, TinyCNNOptions, description="small residual CNN for tests")

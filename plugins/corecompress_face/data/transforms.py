@@ -1,0 +1,217 @@
+"""Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out.
+
+Conventions of face recognition / FACES (/work/shared/spec/faces.md): inputs normalised as
+(x/255 - 0.5)/0.5 to [-1, 1] at 112x112; training with random horizontal flip (recognition) or with
+RandAugment ``rand-m9-mstd0.5-inc1`` + colour jitter 0.4 + random erasing 0.25 (attributes, via timm);
+evaluation with resize + centre crop.
+
+Randomness: by default the random transforms draw from torch's global generator, which DataLoader
+seeds differently in every worker (a numpy generator built here would be copied into every worker and
+give all workers the same flips). Pass a ``torch.Generator`` for reproducible draws in one process.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CenterCropResize",
+    "Compose",
+    "GreyToRGB",
+    "NormalizeToTensor",
+    "RandomHorizontalFlip",
+    "Resize",
+    "build_eval_transform",
+    "build_train_transform",
+    "normalize_to_tensor",
+]
+
+FACE_MEAN = 0.5
+FACE_STD = 0.5
+RANDAUGMENT_CONFIG = "rand-m9-mstd0.5-inc1"
+
+
+def _pil_image_module() -> Any:
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - pillow is a declared dependency
+        raise ImportError("face image transforms need Pillow: pip install pillow") from exc
+    return Image
+
+
+def _check_uint8_image(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 image, got {array.dtype} {array.shape}")
+    return array
+
+
+def normalize_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float32 3xHxW, (x/255 - 0.5)/0.5: exactly -1 for 0 and 1 for 255."""
+    array = _check_uint8_image(image)
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, copy=True)  # torch.from_numpy needs a writable, contiguous buffer
+    tensor = torch.from_numpy(array).permute(2, 0, 1).to(torch.float32)
+    return (tensor / 255.0 - FACE_MEAN) / FACE_STD
+
+
+class NormalizeToTensor:
+    """Callable form of :func:`normalize_to_tensor` (the last step of every face pipeline)."""
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return normalize_to_tensor(image)
+
+
+class GreyToRGB:
+    """HxW or HxWx1 grey -> HxWx3 by repeating the channel; HxWx3 passes; RGBA drops alpha."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got {array.dtype}")
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise ValueError(f"expected HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+        if array.shape[2] == 1:
+            return np.repeat(array, 3, axis=2)
+        return np.ascontiguousarray(array[:, :, :3])
+
+
+class Resize:
+    """Resize to ``size``x``size`` (bilinear); for already aligned faces, which need no crop."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        array = _check_uint8_image(image)
+        if array.shape[:2] == (self.size, self.size):
+            return array
+        Image = _pil_image_module()
+        return np.asarray(Image.fromarray(array).resize((self.size, self.size), Image.BILINEAR)).copy()
+
+
+class CenterCropResize:
+    """Resize the shorter side to ``size`` then crop the centre (torchvision Resize + CenterCrop)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        array = _check_uint8_image(image)
+        height, width = array.shape[:2]
+        if (height, width) == (self.size, self.size):
+            return array
+        Image = _pil_image_module()
+        if width <= height:
+            new_w, new_h = self.size, int(self.size * height / width)
+        else:
+            new_w, new_h = int(self.size * width / height), self.size
+        resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+        top = int(round((new_h - self.size) / 2.0))
+        left = int(round((new_w - self.size) / 2.0))
+        return np.ascontiguousarray(resized[top : top + self.size, left : left + self.size])
+
+
+class RandomHorizontalFlip:
+    """Mirror the image left-right with probability ``p`` (faces are left-right symmetric)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p = p
+        self.generator = generator
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if torch.rand((), generator=self.generator).item() < self.p:
+            return np.ascontiguousarray(np.asarray(image)[:, ::-1])
+        return image
+
+
+class Compose:
+    """Apply callables in order."""
+
+    def __init__(self, steps: Sequence[Callable[[Any], Any]]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, image: Any) -> Any:
+        for step in self.steps:
+            image = step(image)
+        return image
+
+    def __repr__(self) -> str:
+        return f"Compose({[type(step).__name__ for step in self.steps]})"
+
+
+class _PILStep:
+    """Run a PIL-image transform (timm RandAugment, torchvision ColorJitter) on a uint8 array."""
+
+    def __init__(self, transform: Callable[[Any], Any]) -> None:
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        Image = _pil_image_module()
+        return np.asarray(self.transform(Image.fromarray(_check_uint8_image(image))), dtype=np.uint8).copy()
+
+    def __repr__(self) -> str:
+        return f"_PILStep({self.transform!r})"
+
+
+def _randaugment_steps(image_size: int, color_jitter: float, erase_probability: float) -> tuple[list, list]:
+    """RandAugment + colour jitter (on images) and random erasing (on the normalised tensor).
+
+    Hyper-parameters as timm's ``create_transform`` sets them: translate 45 % of the size, fill with
+    the mean grey (128), bicubic. Unlike ``create_transform`` (which silently drops colour jitter when
+    RandAugment is on), colour jitter is applied, as the FACES spec lists it; set it to 0 to drop it.
+    Erasing fills with per-pixel normal noise (``mode='pixel'``, the Swin/DeiT recipe's choice).
+    """
+    try:
+        from PIL import Image
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing
+        from torchvision.transforms import ColorJitter
+    except ImportError as exc:
+        raise ImportError("the 'randaugment' face transform needs timm and torchvision: pip install timm") from exc
+    fill = round(255 * FACE_MEAN)
+    hparams = {"translate_const": int(image_size * 0.45), "img_mean": (fill, fill, fill), "interpolation": Image.BICUBIC}
+    image_steps: list = [_PILStep(rand_augment_transform(RANDAUGMENT_CONFIG, hparams))]
+    if color_jitter > 0:
+        image_steps.append(_PILStep(ColorJitter(color_jitter, color_jitter, color_jitter)))
+    tensor_steps: list = []
+    if erase_probability > 0:
+        tensor_steps.append(RandomErasing(probability=erase_probability, mode="pixel", max_count=1, device="cpu"))
+    return image_steps, tensor_steps
+
+
+def build_train_transform(
+    kind: str = "flip",
+    image_size: int = 112,
+    *,
+    generator: torch.Generator | None = None,
+    color_jitter: float = 0.4,
+    erase_probability: float = 0.25,
+) -> Compose:
+    """Training pipeline: uint8 image (grey or RGB) -> float32 3 x image_size x image_size in [-1, 1].
+
+    ``kind='flip'``: resize + random horizontal flip (recognition, faces.md). ``kind='randaugment'``:
+    resize + RandAugment ``rand-m9-mstd0.5-inc1`` + colour jitter + random erasing (attributes,
+    faces.md); its timm/torchvision steps draw from the global RNGs, ``generator`` seeds only the flip.
+    """
+    steps: list[Callable[[Any], Any]] = [GreyToRGB(), Resize(image_size)]
+    if kind == "flip":
+        steps += [RandomHorizontalFlip(0.5, generator), NormalizeToTensor()]
+    elif kind == "randaugment":
+        image_steps, tensor_steps = _randaugment_steps(image_size, color_jitter, erase_probability)
+        steps += image_steps + [NormalizeToTensor()] + tensor_steps
+    else:
+        raise ValueError(f"unknown train transform {kind!r}; choose 'flip' or 'randaugment'")
+    return Compose(steps)
+
+
+def build_eval_transform(image_size: int = 112) -> Compose:
+    """Evaluation pipeline: grey -> RGB, resize shorter side + centre crop, normalise to [-1, 1]."""
+    return Compose([GreyToRGB(), CenterCropResize(image_size), NormalizeToTensor()])

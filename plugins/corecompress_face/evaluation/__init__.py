@@ -1,0 +1,1 @@
+"""Part of the corecompress_face built-in plugin."""
