@@ -96,6 +96,15 @@ def _inference(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def _all_in_inference(models: Any) -> Iterator[None]:
+    """Put every model in inference mode (eval, no grad) at once; restore their modes afterwards."""
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_inference(model))
+        yield
+
+
+@contextmanager
 def _threads(threads: int | None) -> Iterator[None]:
     """Fix torch's intra-op thread count for the duration, then restore it."""
     previous = torch.get_num_threads()
@@ -184,10 +193,12 @@ def measure_throughput(
     Returns ``median_s``, ``images_per_s`` (= batch_size / median_s), ``min_s``, ``max_s``, ``times_s``,
     ``batch_size``, ``threads``, ``repeats``. The input is random, on the model's device unless given.
     """
-    return compare_throughput(
+    result = compare_throughput(
         {"model": model}, input_shape, batch_size, reference="model",
         threads=threads, warmup=warmup, repeats=repeats, device=device,
     )["model"]
+    del result["speedup"]
+    return result
 
 
 def compare_throughput(
@@ -228,15 +239,6 @@ def compare_throughput(
     for entry in results.values():
         entry["speedup"] = entry["images_per_s"] / reference_rate
     return results
-
-
-@contextmanager
-def _all_in_inference(models: Any) -> Iterator[None]:
-    """Put every model in inference mode (eval, no grad) at once; restore their modes afterwards."""
-    with ExitStack() as stack:
-        for model in models:
-            stack.enter_context(_inference(model))
-        yield
 
 
 def _parameter_bytes(model: nn.Module) -> int:
@@ -314,8 +316,8 @@ def peak_memory(
       (``profile_memory=True``) for torch's CPU allocator. It sees tensors and workspaces made
       through that allocator, exactly; not memory taken directly by libraries (oneDNN/BLAS scratch,
       Python objects) nor allocator fragmentation. ``tracemalloc`` cannot see torch tensors and
-      ``ru_maxrss`` only ever grows, so neither is used. The profiler's C++ layer may log to stderr;
-      ``KINETO_LOG_LEVEL=5`` in the environment before start-up silences it.
+      ``ru_maxrss`` only ever grows, so neither is used. The profiler's C++ layer (kineto) writes
+      two log lines per measurement to stderr; this function itself prints nothing.
     * ``include_rss=True`` (Linux only) also resets the process's resident-set high-water mark
       (writing 5 to ``/proc/self/clear_refs``; this affects anything else reading VmHWM) and reports
       ``rss_peak_delta_bytes`` = VmHWM after minus resident size before: process-wide, includes

@@ -59,14 +59,14 @@ def make_optimizer(section: TrainSection, params: list[torch.nn.Parameter]) -> t
     return torch.optim.AdamW(groups, lr=section.lr)
 
 
-def flip_half(images: torch.Tensor, seed: int, step: int) -> torch.Tensor:
-    """Horizontally flip a random half of the batch (deterministic in (seed, step))."""
+def flip_half(images: torch.Tensor, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontally flip a random half of the batch (deterministic in (seed, step)); returns the flip mask."""
     gen = torch.Generator().manual_seed(seed * 7_919 + step)
     flip = torch.rand(images.shape[0], generator=gen) < 0.5
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
-    return images
+    return images, flip.to(images.device)
 
 
 @dataclass
@@ -113,7 +113,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
         batch = _to_device(next(batches), ctx.device)
         images = batch["image"]
         if section.augment == "flip":
-            images = flip_half(images, seed, step)
+            images, batch["flipped"] = flip_half(images, seed, step)
         outputs = model(images)
         teacher_outputs = None
         if getattr(objective, "needs_teacher", False):

@@ -38,7 +38,7 @@ class PrototypeSet(Dataset):
         shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
         image = torch.roll(self.prototypes[label], shifts=shift, dims=(1, 2))
         image = image + self.noise * torch.randn(image.shape, generator=gen)
-        return {"image": image, "label": label}
+        return {"image": image, "label": label, "index": index}
 
 
 class SyntheticPrototypes:

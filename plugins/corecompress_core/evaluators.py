@@ -48,7 +48,7 @@ class Accuracy:
 @dataclass
 class EfficiencyOptions:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    repeats: int = field(default=10, metadata={"help": "timed runs; the median is reported"})
+    repeats: int = field(default=10, metadata={"help": "timed runs (≥ 10); the median is reported"})
     threads: int | None = field(default=None, metadata={"help": "torch threads while timing (default: current)"})
     speed: bool = field(default=True, metadata={"help": "measure throughput (off: only params and MACs)"})
 
@@ -67,7 +67,7 @@ class Efficiency:
         results: dict[str, float] = {
             "params": float(measure.count_parameters(model)),
             "nonzero_params": float(measure.count_nonzero_parameters(model)),
-            "macs": float(measure.count_macs(model, torch.zeros(1, *input_size, device=device))),
+            "macs": float(measure.count_macs(model, example_input=torch.zeros(1, *input_size, device=device))),
         }
         if not self.options.speed:
             return results
@@ -76,11 +76,11 @@ class Efficiency:
             context.state["efficiency_dense_model"] = copy.deepcopy(model).eval()
         for bs in self.options.batch_sizes:
             models = {"model": model} if dense is None else {"model": model, "dense": dense}
-            timing = measure.compare_throughput(models, (bs, *input_size), reference="dense" if dense is not None else "model",
+            timing = measure.compare_throughput(models, input_size, bs, reference="dense" if dense is not None else "model",
                                                 repeats=self.options.repeats, threads=self.options.threads)
             results[f"images_per_s_b{bs}"] = timing["model"]["images_per_s"]
             if dense is not None:
-                results[f"speedup_vs_dense_b{bs}"] = timing["model"]["ratio"]
+                results[f"speedup_vs_dense_b{bs}"] = timing["model"]["speedup"]
         return results
 
 

@@ -10,6 +10,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if abs(value) >= 1e6:
             return f"{value / 1e6:.3f} M"
+        if value.is_integer():
+            return f"{int(value):,}"
         return f"{value:.4g}"
     return str(value)
 

@@ -13,6 +13,7 @@ from PIL import Image
 from corecompress_face.data.formats import recordio
 from corecompress_face.data.formats.errors import DataFormatError
 from corecompress_face.data.formats.recordio import RecordIODataset, read_index, write_recordio
+from corecompress_face.data.formats.recordio_format import encode_record
 
 MAGIC_LE = bytes([0x0A, 0x23, 0xD7, 0xCE])  # 0xced7230a little-endian, written out by hand
 
@@ -102,6 +103,12 @@ def test_without_meta_record_every_key_is_an_image(tmp_path: Path, tiny_images: 
     records = [frame(header(0, float(i), i) + png_bytes(tiny_images[i])) for i in range(3)]
     write_by_hand(tmp_path / "ds", records)
     assert RecordIODataset(tmp_path / "ds").labels.tolist() == [0, 1, 2]
+    # label arrays on every record (flag > 0) but record 0 holds an image: still not a meta record
+    records = [frame(header(1, 9.0 - i, i) + struct.pack("<f", 9.0 - i) + png_bytes(tiny_images[i])) for i in range(3)]
+    write_by_hand(tmp_path / "arrays", records)
+    dataset = RecordIODataset(tmp_path / "arrays")
+    assert dataset.labels.tolist() == [9, 8, 7]
+    np.testing.assert_array_equal(dataset[0][0], tiny_images[0])
 
 
 def test_writer_bytes_match_the_format_written_out_by_hand(tmp_path: Path, tiny_images: list[np.ndarray]) -> None:
@@ -152,7 +159,7 @@ def test_multi_part_record_is_joined_like_dmlc(tmp_path: Path, tiny_images: list
     assert label == 1 and dataset.read_header(1).id == 0xCED7230A
     np.testing.assert_array_equal(image, tiny_images[0])
     # the writer splits the same way
-    assert recordio._encode_record(payload) == split
+    assert encode_record(payload) == split
 
 
 def corrupt(folder: Path, position: int, new_bytes: bytes) -> None:
@@ -221,6 +228,28 @@ def test_missing_and_malformed_files(hand_built: Path) -> None:
     (hand_built / "train.rec").unlink()
     with pytest.raises(FileNotFoundError, match=r"train\.rec: RecordIO data file"):
         RecordIODataset(hand_built)
+
+
+def test_index_with_blank_lines_and_spaces_parses_like_a_clean_one(tmp_path: Path) -> None:
+    (tmp_path / "clean.idx").write_text("2\t40\n0\t0\n1\t16\n")
+    (tmp_path / "messy.idx").write_text("\n0 0\n\n1\t16\n  2\t40  \n\n")
+    for path in (tmp_path / "clean.idx", tmp_path / "messy.idx"):
+        keys, offsets = read_index(path)
+        assert keys.tolist() == [0, 1, 2] and offsets.tolist() == [0, 16, 40]
+    (tmp_path / "dup.idx").write_text("0\t0\n0\t8\n")
+    with pytest.raises(DataFormatError, match=r"dup\.idx: key 0 appears more than once"):
+        read_index(tmp_path / "dup.idx")
+
+
+@pytest.mark.parametrize("bad_label", [float("inf"), float("nan"), -1.0, 2.5])
+def test_bad_labels_are_reported(tmp_path: Path, tiny_images: list[np.ndarray], bad_label: float) -> None:
+    meta = frame(header(1, 2.0, 0) + struct.pack("<f", 2.0))
+    write_by_hand(tmp_path / "ds", [meta, frame(header(0, bad_label, 1) + png_bytes(tiny_images[0]))])
+    dataset = RecordIODataset(tmp_path / "ds")
+    with pytest.raises(DataFormatError, match=r"train\.rec: key 1: label .* is not a non-negative integer"):
+        dataset.labels
+    with pytest.raises(DataFormatError, match=r"key 1: label"):
+        dataset[0]
 
 
 def test_bad_property_file(hand_built: Path) -> None:

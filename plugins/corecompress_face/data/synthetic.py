@@ -226,17 +226,26 @@ def _image_rng(seed: int, identity: int, k: int) -> np.random.Generator:
 
 
 def _image_flags(ident: SimpleNamespace, flags: np.ndarray, config: SyntheticFaceConfig) -> dict:
-    """Per-image binary attributes from the first draws of the image generator."""
+    """Per-image binary attributes from the first draws of the image generator(s).
+
+    ``flags`` has shape (..., 8); the result maps names to bool arrays of shape (...).
+    """
+    smiling = flags[..., 0] < ident.p_smile
     return dict(
-        smiling=bool(flags[0] < ident.p_smile),
-        mouth_open=bool(flags[1] < min(ident.p_open * (1.4 if flags[0] < ident.p_smile else 0.8), 0.95)),
-        hat=bool(flags[2] < ident.p_hat),
-        glasses=bool(flags[3] < ident.p_glasses),
-        blurry=bool(flags[4] < config.blur_prob * config.difficulty),
-        earrings=bool(flags[5] < ident.p_earrings),
-        necklace=bool(flags[6] < ident.p_necklace),
-        necktie=bool(flags[7] < ident.p_necktie),
+        smiling=smiling,
+        mouth_open=flags[..., 1] < np.minimum(ident.p_open * np.where(smiling, 1.4, 0.8), 0.95),
+        hat=flags[..., 2] < ident.p_hat,
+        glasses=flags[..., 3] < ident.p_glasses,
+        blurry=flags[..., 4] < config.blur_prob * config.difficulty,
+        earrings=flags[..., 5] < ident.p_earrings,
+        necklace=flags[..., 6] < ident.p_necklace,
+        necktie=flags[..., 7] < ident.p_necktie,
     )
+
+
+_PER_IMAGE_COLUMNS = {"smiling": "Smiling", "mouth_open": "Mouth_Slightly_Open", "hat": "Wearing_Hat",
+                      "glasses": "Eyeglasses", "blurry": "Blurry", "earrings": "Wearing_Earrings",
+                      "necklace": "Wearing_Necklace", "necktie": "Wearing_Necktie"}
 
 
 def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
@@ -244,7 +253,8 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
     """Expression, accessories and nuisance of image ``k`` of ``ident``; also returns the generator
     (positioned after the parameters) that the renderer uses for sensor noise."""
     rng = _image_rng(config.seed, ident.identity, k)
-    img = SimpleNamespace(**_image_flags(ident, rng.random(_IMAGE_FLAGS), config))
+    img = SimpleNamespace(**{name: bool(value) for name, value in
+                             _image_flags(ident, rng.random(_IMAGE_FLAGS), config).items()})
     draw = iter(rng.random(24).tolist()).__next__
     normal = iter(np.clip(rng.standard_normal(10), -2.5, 2.5).tolist()).__next__
     blobs = rng.random((6, 11))
@@ -272,7 +282,8 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
     img.gain = (contrast * (1.0 + 0.5 * jitter * np.array([normal(), normal(), normal()]))).astype(np.float32)
     img.offset = (1.0 - contrast) * 0.5 + jitter * normal()
     img.noise_std = config.noise_std * d * draw()
-    img.background = 0.55 + (_rgb(draw(), draw(), draw()) - 0.5) * 0.9 * d1
+    grey, tint = draw(), _rgb(draw(), draw(), draw()) - 0.5
+    img.background = 0.2 + 0.65 * grey + tint * 0.45 * d1 if d1 else _rgb(0.55, 0.55, 0.55)
     img.background_delta = (_rgb(draw(), draw(), draw()) - 0.5) * 0.6 * d1
     img.background_gx, img.background_gy = 2.0 * d1 * (draw() - 0.5), 2.0 * d1 * (draw() - 0.5)
     img.clothes = (ident.clothes * (1.0 - 0.7 * d1) + blobs[0, 8:11] * 0.7 * d1).astype(np.float32)
@@ -296,23 +307,19 @@ def _blob(row: np.ndarray, reach: float, small: float, large: float, skin: np.nd
             _between(0.6, 1.0, row[7]) if skin is None else 1.0)
 
 
-def attribute_vector(ident: SimpleNamespace, flags: dict) -> np.ndarray:
-    """The 40 CelebA labels (int8, 0/1, official order) of an identity and its per-image flags."""
+def identity_attributes(ident: SimpleNamespace) -> np.ndarray:
+    """The identity-level CelebA labels (int8 (40,), official order); per-image columns are 0."""
     on = {
         "5_o_Clock_Shadow": ident.stubble, "Arched_Eyebrows": ident.arched, "Bags_Under_Eyes": ident.bags,
         "Bald": ident.bald, "Bangs": ident.bangs, "Big_Lips": ident.big_lips, "Big_Nose": ident.big_nose,
-        "Blurry": flags["blurry"], "Bushy_Eyebrows": ident.bushy, "Chubby": ident.chubby,
-        "Double_Chin": ident.double_chin, "Eyeglasses": flags["glasses"], "Goatee": ident.goatee,
-        "Heavy_Makeup": ident.heavy_makeup, "High_Cheekbones": ident.high_cheekbones, "Male": ident.male,
-        "Mouth_Slightly_Open": flags["mouth_open"], "Mustache": ident.mustache,
-        "Narrow_Eyes": ident.narrow_eyes, "No_Beard": not (ident.beard or ident.goatee),
-        "Oval_Face": ident.oval, "Pale_Skin": ident.pale, "Pointy_Nose": ident.pointy_nose,
-        "Receding_Hairline": ident.receding, "Rosy_Cheeks": ident.rosy_cheeks,
-        "Sideburns": ident.sideburns, "Smiling": flags["smiling"],
+        "Bushy_Eyebrows": ident.bushy, "Chubby": ident.chubby, "Double_Chin": ident.double_chin,
+        "Goatee": ident.goatee, "Heavy_Makeup": ident.heavy_makeup, "High_Cheekbones": ident.high_cheekbones,
+        "Male": ident.male, "Mustache": ident.mustache, "Narrow_Eyes": ident.narrow_eyes,
+        "No_Beard": not (ident.beard or ident.goatee), "Oval_Face": ident.oval, "Pale_Skin": ident.pale,
+        "Pointy_Nose": ident.pointy_nose, "Receding_Hairline": ident.receding,
+        "Rosy_Cheeks": ident.rosy_cheeks, "Sideburns": ident.sideburns,
         "Straight_Hair": ident.texture == "straight", "Wavy_Hair": ident.texture == "wavy",
-        "Wearing_Earrings": flags["earrings"], "Wearing_Hat": flags["hat"],
-        "Wearing_Lipstick": ident.lipstick, "Wearing_Necklace": flags["necklace"],
-        "Wearing_Necktie": flags["necktie"], "Young": ident.young,
+        "Wearing_Lipstick": ident.lipstick, "Young": ident.young,
     }
     if ident.hair_label is not None:
         on[ident.hair_label] = True
@@ -320,6 +327,14 @@ def attribute_vector(ident: SimpleNamespace, flags: dict) -> np.ndarray:
     for name, value in on.items():
         if value:
             out[_ATTR_INDEX[name]] = 1
+    return out
+
+
+def image_attributes(ident: SimpleNamespace, flags: np.ndarray, config: SyntheticFaceConfig) -> np.ndarray:
+    """CelebA labels (int8 (..., 40)) of images of ``ident`` whose first draws are ``flags`` (..., 8)."""
+    out = np.broadcast_to(identity_attributes(ident), flags.shape[:-1] + (len(CELEBA_ATTRIBUTES),)).copy()
+    for key, value in _image_flags(ident, flags, config).items():
+        out[..., _ATTR_INDEX[_PER_IMAGE_COLUMNS[key]]] = value
     return out
 
 
@@ -381,9 +396,9 @@ class SyntheticFaces:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
         local, k = self._split(index)
         image = self.render(index)
-        flags = _image_flags(self._identity(local), _image_rng(
-            self.config.seed, self.config.identity_offset + local, k).random(_IMAGE_FLAGS), self.config)
-        return image, local, attribute_vector(self._identity(local), flags)
+        ident = self._identity(local)
+        flags = _image_rng(self.config.seed, ident.identity, k).random(_IMAGE_FLAGS)
+        return image, local, image_attributes(ident, flags, self.config)
 
     @property
     def labels(self) -> np.ndarray:
@@ -403,10 +418,10 @@ class SyntheticFaces:
             rows = np.empty((len(self), len(CELEBA_ATTRIBUTES)), np.int8)
             for local in range(cfg.num_identities):
                 ident = sample_identity(cfg.seed, cfg.identity_offset + local)
-                for k in range(cfg.images_per_identity):
-                    flags = _image_rng(cfg.seed, ident.identity, k).random(_IMAGE_FLAGS)
-                    rows[local * cfg.images_per_identity + k] = attribute_vector(
-                        ident, _image_flags(ident, flags, cfg))
+                flags = np.stack([_image_rng(cfg.seed, ident.identity, k).random(_IMAGE_FLAGS)
+                                  for k in range(cfg.images_per_identity)])
+                start = local * cfg.images_per_identity
+                rows[start:start + cfg.images_per_identity] = image_attributes(ident, flags, cfg)
             self._attributes = rows
         return self._attributes
 

@@ -14,6 +14,7 @@ composer to imitate yaw (the half of the face turning away gets narrower).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -43,31 +44,41 @@ class Canvas:
                          -s * inv, c * inv, (s * centre_x - c * centre_y) * inv)
 
     def _local(self, cu: float, cv: float, sx: float, sy: float, phi: float, squash: float,
-               reach: float):
+               extent: tuple[float, float, float, float]):
         """Window of a primitive and its local coordinates there.
 
         Local coordinates are (along, across) / (sx, sy) after undoing the frame, the squash about
-        (cu, cv) and the primitive's own rotation ``phi``. ``reach`` bounds the shape in face units.
-        Returns None when the window misses the image.
+        (cu, cv) and the primitive's own rotation ``phi``. ``extent`` = (u0, u1, v0, v1) bounds the
+        shape around (cu, cv) in face units. Returns None when the window misses the image.
         """
-        s = self.scale
-        px = self._cx + s * (self._cos * cu - self._sin * cv)
-        py = self._cy + s * (self._sin * cu + self._cos * cv)
-        r = s * reach + 1.5
-        x0, x1 = max(int(px - r), 0), min(int(px + r) + 2, self.size)
-        y0, y1 = max(int(py - r), 0), min(int(py + r) + 2, self.size)
+        s, c, n = self.scale, self._cos, self._sin
+        u0, u1, v0, v1 = extent
+        px = self._cx + s * (c * cu - n * cv)
+        py = self._cy + s * (n * cu + c * cv)
+        x0 = max(int(px + s * (min(c * u0, c * u1) + min(-n * v0, -n * v1)) - 1.5), 0)
+        x1 = min(int(px + s * (max(c * u0, c * u1) + max(-n * v0, -n * v1)) + 2.5), self.size)
+        y0 = max(int(py + s * (min(n * u0, n * u1) + min(c * v0, c * v1)) - 1.5), 0)
+        y1 = min(int(py + s * (max(n * u0, n * u1) + max(c * v0, c * v1)) + 2.5), self.size)
         if x0 >= x1 or y0 >= y1:
             return None
         a1, b1, c1, a2, b2, c2 = self._to_face
-        cp, sp = math.cos(phi), math.sin(phi)
         k = 1.0 / squash
         c1, c2 = c1 - cu, c2 - cv
-        ax, bx, ox = (cp * k * a1 + sp * a2) / sx, (cp * k * b1 + sp * b2) / sx, (cp * k * c1 + sp * c2) / sx
-        ay, by, oy = (cp * a2 - sp * k * a1) / sy, (cp * b2 - sp * k * b1) / sy, (cp * c2 - sp * k * c1) / sy
+        if phi == 0.0:
+            ax, bx, ox = k * a1 / sx, k * b1 / sx, k * c1 / sx
+            ay, by, oy = a2 / sy, b2 / sy, c2 / sy
+        else:
+            cp, sp = math.cos(phi), math.sin(phi)
+            ax, bx, ox = (cp * k * a1 + sp * a2) / sx, (cp * k * b1 + sp * b2) / sx, (cp * k * c1 + sp * c2) / sx
+            ay, by, oy = (cp * a2 - sp * k * a1) / sy, (cp * b2 - sp * k * b1) / sy, (cp * c2 - sp * k * c1) / sy
         xs = self._pixel_centres[x0:x1]
         ys = self._pixel_centres[y0:y1, None]
-        lx = (ax * xs + ox) + bx * ys
-        ly = (ay * xs + oy) + by * ys
+        lx = ax * xs
+        lx += ox
+        lx = lx + bx * ys
+        ly = ay * xs
+        ly += oy
+        ly = ly + by * ys
         return (slice(y0, y1), slice(x0, x1)), lx, ly
 
     def _blend(self, window, alpha: np.ndarray, colour: Colour, opacity: float) -> None:
@@ -80,17 +91,11 @@ class Canvas:
     def ellipse(self, cu: float, cv: float, a: float, b: float, colour: Colour, *, phi: float = 0.0,
                 squash: float = 1.0, opacity: float = 1.0) -> None:
         """Filled ellipse with half-axes (a, b) rotated by phi."""
-        loc = self._local(cu, cv, a, b, phi, squash, max(a * squash, b))
+        loc = self._local(cu, cv, a, b, phi, squash, _ellipse_extent(a, b, phi, squash))
         if loc is None:
             return
         window, lx, ly = loc
-        edge = 0.5 * self.scale * min(a * squash, b)
-        lx *= lx
-        ly *= ly
-        lx += ly
-        lx *= -edge
-        lx += 0.5 + edge
-        np.clip(lx, 0.0, 1.0, out=lx)
+        _coverage(lx, ly, 0.5 * self.scale * min(a * squash, b))
         self._blend(window, lx, colour, opacity)
 
     def region(self, cu: float, cv: float, a: float, b: float, colour: Colour, *, taper: float = 0.0,
@@ -104,37 +109,38 @@ class Canvas:
         beards and hats. ``stripes`` = (frequency, amplitude, wave frequency, wave amplitude) shades
         the colour with (wavy) strands.
         """
-        loc = self._local(cu, cv, a, b, 0.0, squash, max(a * squash, b) * 1.05)
+        top, bottom = -b, b
+        if cut is not None:  # shrink the window to the kept side of the cut
+            c0, c1, c2, amp = cut[:4]
+            if keep_below:
+                top = max(top, c0 - abs(c1) * a + min(c2, 0.0) * a * a - abs(amp))
+            else:
+                bottom = min(bottom, c0 + abs(c1) * a + max(c2, 0.0) * a * a + abs(amp))
+            if top >= bottom:
+                return
+        loc = self._local(cu, cv, a, b, 0.0, squash, (-a * squash, a * squash, top, bottom))
         if loc is None:
             return
         window, lx, ly = loc
-        u = lx * a
-        v = ly * b
+        if cut is not None or stripes is not None:
+            u = lx * a
+            v = ly * b
         if taper:
             width = np.maximum(ly, 0.0)
             width *= width
             width *= -taper
             width += 1.0
             lx /= width
-        edge = 0.5 * self.scale * min(a * squash, b)
-        lx *= lx
-        ly *= ly
-        lx += ly
-        lx *= -edge
-        lx += 0.5 + edge
-        alpha = np.clip(lx, 0.0, 1.0, out=lx)
+        alpha = _coverage(lx, ly, 0.5 * self.scale * min(a * squash, b))
         if cut is not None:
             c0, c1, c2, amp, freq, phase = cut
             curve = (c2 * u + c1) * u + c0
             if amp:
                 curve += amp * np.sin(freq * u + phase)
             curve -= v
-            if keep_below:
-                curve *= -self.scale
-            else:
-                curve *= self.scale
+            curve *= -self.scale if keep_below else self.scale
             curve += 0.5
-            alpha *= np.clip(curve, 0.0, 1.0, out=curve)
+            alpha *= _clip01(curve)
         if stripes is not None:
             freq, amp, wave_freq, wave_amp = stripes
             phase = u * freq
@@ -155,8 +161,13 @@ class Canvas:
         with rounder ``blunt`` ends). Positive curvature bends the ends down (an arch); used for
         brows, lips, mustaches, eyelids, wrinkles and necklaces.
         """
-        reach = math.hypot(half_length, abs(curvature) + thickness)
-        loc = self._local(cu, cv, half_length, 1.0, phi, squash, reach * max(squash, 1.0))
+        low, high = min(curvature, 0.0) - thickness, max(curvature, 0.0) + thickness
+        if phi == 0.0:
+            extent = (-half_length * squash, half_length * squash, low, high)
+        else:
+            reach = math.hypot(half_length, max(high, -low))
+            extent = (-reach * squash, reach * squash, -reach, reach)
+        loc = self._local(cu, cv, half_length, 1.0, phi, squash, extent)
         if loc is None:
             return
         window, t, across = loc
@@ -170,13 +181,13 @@ class Canvas:
         across -= profile
         across *= -self.scale
         across += 0.5
-        np.clip(across, 0.0, 1.0, out=across)
-        self._blend(window, across, colour, opacity)
+        self._blend(window, _clip01(across), colour, opacity)
 
     def ring(self, cu: float, cv: float, a: float, b: float, thickness: float, colour: Colour, *,
              phi: float = 0.0, squash: float = 1.0, opacity: float = 1.0) -> None:
         """Outline of an ellipse (half-axes a, b) with half line width ``thickness``."""
-        loc = self._local(cu, cv, a, b, phi, squash, max(a * squash, b) + thickness)
+        loc = self._local(cu, cv, a, b, phi, squash,
+                          _ellipse_extent(a + thickness, b + thickness, phi, squash))
         if loc is None:
             return
         window, lx, ly = loc
@@ -188,13 +199,14 @@ class Canvas:
         np.abs(lx, out=lx)
         lx *= -self.scale * min(a * squash, b)
         lx += 0.5 + thickness * self.scale
-        np.clip(lx, 0.0, 1.0, out=lx)
-        self._blend(window, lx, colour, opacity)
+        self._blend(window, _clip01(lx), colour, opacity)
 
     def box(self, cu: float, cv: float, a: float, b: float, colour: Colour, *, phi: float = 0.0,
             squash: float = 1.0, opacity: float = 1.0) -> None:
         """Filled rectangle with half-sizes (a, b) rotated by phi."""
-        loc = self._local(cu, cv, a, b, phi, squash, math.hypot(a * squash, b))
+        cp, sp = abs(math.cos(phi)), abs(math.sin(phi))
+        ru, rv = (a * cp + b * sp) * squash, a * sp + b * cp
+        loc = self._local(cu, cv, a, b, phi, squash, (-ru, ru, -rv, rv))
         if loc is None:
             return
         window, lx, ly = loc
@@ -207,36 +219,32 @@ class Canvas:
         np.maximum(lx, ly, out=lx)
         lx *= -self.scale
         lx += 0.5
-        np.clip(lx, 0.0, 1.0, out=lx)
-        self._blend(window, lx, colour, opacity)
+        self._blend(window, _clip01(lx), colour, opacity)
 
     def eye(self, cu: float, cv: float, a: float, b: float, iris_radius: float, gaze: float,
             iris_colour: Colour, sclera: Colour, *, squash: float = 1.0) -> None:
         """Almond eye: sclera ellipse with an iris disc (shifted by ``gaze``) and pupil, clipped."""
-        loc = self._local(cu, cv, a, b, 0.0, squash, max(a * squash, b))
+        loc = self._local(cu, cv, a, b, 0.0, squash, (-a * squash, a * squash, -b, b))
         if loc is None:
             return
         window, lx, ly = loc
         s = self.scale
-        ix = (lx - gaze / a) * a
+        ix = lx - gaze / a
+        ix *= a
         ix *= ix
         iy = ly * b
         iy *= iy
         ix += iy  # squared distance to the iris centre, face units
-        edge = 0.5 * s * min(a * squash, b)
-        lx *= lx
-        ly *= ly
-        lx += ly
-        lx *= -edge
-        lx += 0.5 + edge
-        white = np.clip(lx, 0.0, 1.0, out=lx)
+        white = _coverage(lx, ly, 0.5 * s * min(a * squash, b))
         k_iris = 0.5 * s / iris_radius
-        iris = np.clip(0.5 + k_iris * iris_radius ** 2 - k_iris * ix, 0.0, 1.0)
+        iris = _clip01(0.5 + k_iris * iris_radius ** 2 - k_iris * ix)
         pupil_radius = 0.45 * iris_radius
         k_pupil = 0.5 * s / pupil_radius
-        pupil = np.clip(0.5 + k_pupil * pupil_radius ** 2 - k_pupil * ix, 0.0, 1.0)
+        pupil = _clip01(0.5 + k_pupil * pupil_radius ** 2 - k_pupil * ix)
+        pupil *= -0.9
+        pupil += 1.0
         colour = sclera + iris[..., None] * (iris_colour - sclera)
-        colour *= (1.0 - 0.9 * pupil)[..., None]
+        colour *= pupil[..., None]
         self._blend(window, white, colour, 1.0)
 
     # ------------------------------------------------------------------ whole-image effects
@@ -256,14 +264,24 @@ class Canvas:
         self.image += offset
 
     def blur(self, sigma: float) -> None:
-        """Separable Gaussian blur (edge-clamped) of standard deviation ``sigma`` pixels."""
+        """Separable Gaussian blur (edge-clamped) of standard deviation ``sigma`` pixels.
+
+        Explicit taps rather than a matrix product: no BLAS threads, bit-identical everywhere.
+        """
         if sigma < 0.3:
             return
-        matrix = gaussian_matrix(self.size, sigma)
+        weights = gaussian_taps(round(sigma * 20.0) / 20.0)
+        radius = len(weights) // 2
         n = self.size
-        img = (matrix @ self.image.reshape(n, n * 3)).reshape(n, n, 3)
-        img = matrix @ img.transpose(1, 0, 2).reshape(n, n * 3)
-        self.image = np.ascontiguousarray(img.reshape(n, n, 3).transpose(1, 0, 2))
+        padded = np.pad(self.image, ((radius, radius), (0, 0), (0, 0)), mode="edge")
+        out = padded[:n] * weights[0]
+        for i in range(1, len(weights)):
+            out += padded[i:i + n] * weights[i]
+        padded = np.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+        out = padded[:, :n] * weights[0]
+        for i in range(1, len(weights)):
+            out += padded[:, i:i + n] * weights[i]
+        self.image = out
 
     def add_noise(self, rng: np.random.Generator, std: float) -> None:
         """Additive white Gaussian noise (sensor noise)."""
@@ -280,17 +298,42 @@ class Canvas:
         return out.astype(np.uint8)
 
 
-def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
-    """(size, size) float32 matrix applying a 1-D Gaussian blur with edge clamping."""
+def _clip01(x: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] in place (two ufunc calls: cheaper than np.clip on small arrays)."""
+    np.maximum(x, 0.0, out=x)
+    return np.minimum(x, 1.0, out=x)
+
+
+def _coverage(lx: np.ndarray, ly: np.ndarray, edge: float) -> np.ndarray:
+    """Anti-aliased coverage of the unit disc in local coordinates, computed in place in ``lx``.
+
+    Near the boundary the signed distance in pixels is about (r^2 - 1) / 2 * min half-axis * scale,
+    so coverage = clip(0.5 - edge (r^2 - 1)) with edge = min half-axis * scale / 2.
+    """
+    lx *= lx
+    ly *= ly
+    lx += ly
+    lx *= -edge
+    lx += 0.5 + edge
+    return _clip01(lx)
+
+
+def _ellipse_extent(a: float, b: float, phi: float, squash: float) -> tuple[float, float, float, float]:
+    """Half extents (as a box) of an ellipse rotated by phi, then squashed horizontally."""
+    if phi == 0.0:
+        return (-a * squash, a * squash, -b, b)
+    cp, sp = math.cos(phi), math.sin(phi)
+    ru, rv = math.hypot(a * cp, b * sp) * squash, math.hypot(a * sp, b * cp)
+    return (-ru, ru, -rv, rv)
+
+
+@functools.lru_cache(maxsize=128)
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised float32 Gaussian taps of radius ceil(2.5 sigma) (cached; sigma is quantised)."""
     radius = max(1, int(math.ceil(2.5 * sigma)))
     taps = np.arange(-radius, radius + 1)
     weights = np.exp(-0.5 * (taps / sigma) ** 2)
-    weights /= weights.sum()
-    rows = np.arange(size)[:, None]
-    cols = np.clip(rows + taps[None, :], 0, size - 1)
-    matrix = np.zeros((size, size), np.float32)
-    np.add.at(matrix, (np.broadcast_to(rows, cols.shape), cols), np.broadcast_to(weights, cols.shape))
-    return matrix
+    return (weights / weights.sum()).astype(np.float32)
 
 
 # ---------------------------------------------------------------------- face composition
@@ -343,7 +386,7 @@ def draw_face(canvas: Canvas, ident, img) -> None:
         canvas.region(hair_u, -0.05, fw + 0.07, fh * 0.72, hair, cut=(-0.35, 0, 0, 0, 0, 0),
                       keep_below=True)
     else:
-        canvas.region(hair_u, -0.15, fw + 0.08 + vol, fh + 0.0 + vol, hair, stripes=ident.hair_stripes)
+        canvas.region(hair_u, -0.15, fw + 0.08 + vol, fh + vol, hair, stripes=ident.hair_stripes)
     ear_v = ident.eye_v + 0.12
     for side in (-1.0, 1.0):
         ear_u, _ = place(side * fw * 0.97, -0.05)
@@ -428,7 +471,7 @@ def draw_face(canvas: Canvas, ident, img) -> None:
     if ident.sideburns:
         for side in (-1.0, 1.0):
             u, sq = place(side * (fw - 0.07), 0.2)
-            canvas.box(u, ident.eye_v + 0.18, 0.07, 0.22, ident.beard_colour, squash=sq)
+            canvas.ellipse(u, ident.eye_v + 0.2, 0.075, 0.24, ident.beard_colour, squash=sq)
     _draw_mouth(canvas, ident, img, mouth_u, msq)
     if ident.mustache:
         canvas.band(mouth_u, ident.mouth_v - img.mouth_open * 0.5 - 2.0 * ident.upper_lip - 0.03,
@@ -455,7 +498,7 @@ def draw_face(canvas: Canvas, ident, img) -> None:
     for shape in img.occluders:
         _draw_blob(canvas, shape)
 
-    # camera: light, blur, noise
+    # camera: light, blur (noise is added by the caller, which owns the generator)
     canvas.light(img.light_gx, img.light_gy, img.gain, img.offset)
     canvas.blur(img.blur_sigma * size / 112.0)
 

@@ -32,6 +32,9 @@ DEFAULT_FAR_TARGETS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 # (= 3.0000000000000004 in binary floating point) still admits 3 false accepts and no fewer.
 _COUNT_TOL = 1e-9
 
+# pair_scores gathers at most this many embedding elements per side at once (~32 MB in float64)
+_PAIR_CHUNK_ELEMENTS = 1 << 22
+
 
 @dataclass(frozen=True)
 class RocCurve:
@@ -152,8 +155,10 @@ def equal_error_rate(curve: RocCurve) -> tuple[float, float]:
     """
     frr = 1.0 - curve.tar
     gap = curve.far - frr
-    k = int(np.argmax(gap >= 0))  # gap[-1] = 1 - 0 > 0, so some point qualifies; gap[0] = -1 < 0
-    if gap[k] == 0:
+    # the sign of FAR - FRR is decided on counts (exact), e.g. 1/3 - (1 - 2/3) is not 0 in floats
+    sign = np.sign(curve.false_accepts * curve.n_genuine - (curve.n_genuine - curve.true_accepts) * curve.n_impostor)
+    k = int(np.argmax(sign >= 0))  # the last point has FAR 1 > FRR 0; the first FAR 0 < FRR 1
+    if sign[k] == 0:
         return float(curve.far[k]), float(curve.thresholds[k])
     step = -gap[k - 1] / (gap[k] - gap[k - 1])
     eer = curve.far[k - 1] + step * (curve.far[k] - curve.far[k - 1])
@@ -207,7 +212,12 @@ def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     if np.any(norms == 0):
         raise ValueError(f"embedding {int(np.argmax(norms == 0))} has zero norm: cosine is undefined")
     unit = embeddings / norms[:, None]
-    return np.einsum("pd,pd->p", unit[pairs[:, 0]], unit[pairs[:, 1]])
+    scores = np.empty(len(pairs))
+    chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, unit.shape[1]))  # bounded memory for many pairs
+    for start in range(0, len(pairs), chunk):
+        block = pairs[start:start + chunk]
+        scores[start:start + chunk] = np.einsum("pd,pd->p", unit[block[:, 0]], unit[block[:, 1]])
+    return scores
 
 
 def _triu_pairs_from_linear(index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

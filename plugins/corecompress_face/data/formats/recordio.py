@@ -25,22 +25,27 @@ import os
 import struct
 import threading
 from array import array
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._images import decode_image_bytes, encode_image
+from ._images import decode_image_bytes
 from .errors import DataFormatError
-
-RECORDIO_MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
-_LENGTH_BITS = 29
-_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
-_RECORD_HEAD = struct.Struct("<II")
-IMAGE_HEADER = struct.Struct("<IfQQ")
+from .recordio_format import (
+    IMAGE_HEADER,
+    LENGTH_BITS,
+    LENGTH_MASK,
+    MAGIC_BYTES,
+    RECORD_HEAD,
+    RECORDIO_MAGIC,
+    RecordHeader,
+    class_label,
+    parse_header,
+    resolve_recordio_paths,
+)
+from .recordio_writer import write_recordio
 
 __all__ = [
     "RECORDIO_MAGIC",
@@ -52,32 +57,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RecordHeader:
-    """The ``<IfQQ`` header of a record payload; ``label`` has ``flag`` values when flag > 0."""
-
-    flag: int
-    label: tuple[float, ...]
-    id: int
-    id2: int
-
-
-def resolve_recordio_paths(prefix_or_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
-    """Return (``.rec``, ``.idx``, ``property``) paths for a directory (``train.*``) or a prefix.
-
-    ``data/faces_emore`` means ``data/faces_emore/train.rec``; ``data/x/val`` or ``data/x/val.rec``
-    means ``data/x/val.rec`` + ``data/x/val.idx``. ``property`` is looked up next to the ``.rec``.
-    """
-    path = Path(prefix_or_dir)
-    if path.is_dir():
-        prefix = path / "train"
-    elif path.suffix in (".rec", ".idx"):
-        prefix = path.with_suffix("")
-    else:
-        prefix = path
-    return prefix.with_suffix(".rec"), prefix.with_suffix(".idx"), prefix.parent / "property"
-
-
 def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Parse a ``.idx`` file into (keys, offsets), both int64 and sorted by key.
 
@@ -86,6 +65,36 @@ def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray
     path = Path(idx_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: RecordIO index (.idx) not found")
+    parsed = _read_index_fast(path.read_bytes())
+    key_array, offset_array = parsed if parsed is not None else _read_index_by_line(path)
+    if key_array.size == 0:
+        raise DataFormatError(f"{path}: RecordIO index is empty")
+    if key_array.min() < 0 or offset_array.min() < 0:
+        raise DataFormatError(f"{path}: negative key or offset")
+    order = np.argsort(key_array, kind="stable")
+    key_array, offset_array = key_array[order], offset_array[order]
+    duplicated = np.nonzero(np.diff(key_array) == 0)[0]
+    if duplicated.size:
+        raise DataFormatError(f"{path}: key {int(key_array[duplicated[0]])} appears more than once")
+    return key_array, offset_array
+
+
+def _read_index_fast(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorised parse of a well-formed index (2-3x faster on millions of lines); None if unsure."""
+    if not raw.strip() or b"\n\n" in raw or raw[:1].isspace():
+        return None
+    line_count = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
+    try:
+        tokens = np.array(raw.split(), dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+    if tokens.size != 2 * line_count:  # some line has a number of fields other than two
+        return None
+    return tokens[0::2].copy(), tokens[1::2].copy()
+
+
+def _read_index_by_line(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Line-by-line parse that tolerates blank lines and names the first malformed line."""
     keys, offsets = array("q"), array("q")
     with open(path, encoding="ascii", errors="replace") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -104,16 +113,7 @@ def read_index(idx_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray
                 raise DataFormatError(f"{path}: line {line_number}: negative key or offset")
             keys.append(key)
             offsets.append(offset)
-    key_array = np.frombuffer(keys, dtype=np.int64) if keys else np.zeros(0, np.int64)
-    offset_array = np.frombuffer(offsets, dtype=np.int64) if offsets else np.zeros(0, np.int64)
-    if key_array.size == 0:
-        raise DataFormatError(f"{path}: RecordIO index is empty")
-    order = np.argsort(key_array, kind="stable")
-    key_array, offset_array = key_array[order], offset_array[order]
-    duplicated = np.nonzero(np.diff(key_array) == 0)[0]
-    if duplicated.size:
-        raise DataFormatError(f"{path}: key {int(key_array[duplicated[0]])} appears more than once")
-    return key_array, offset_array
+    return np.array(keys, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
 def _read_property(path: Path) -> tuple[int, int, int] | None:
@@ -131,36 +131,13 @@ def _read_property(path: Path) -> tuple[int, int, int] | None:
         ) from None
     return values  # type: ignore[return-value]
 
-
-def _parse_header(payload: bytes, where: str) -> tuple[RecordHeader, int]:
-    """Unpack the header (and label array); return it with the offset where the image starts."""
-    if len(payload) < IMAGE_HEADER.size:
-        raise DataFormatError(f"{where}: payload of {len(payload)} bytes is shorter than the 24-byte header")
-    flag, label, record_id, record_id2 = IMAGE_HEADER.unpack_from(payload, 0)
-    start = IMAGE_HEADER.size
-    if flag == 0:
-        return RecordHeader(0, (float(label),), record_id, record_id2), start
-    end = start + 4 * flag
-    if len(payload) < end:
-        raise DataFormatError(f"{where}: header announces {flag} label values but the payload is too short")
-    labels = struct.unpack_from(f"<{flag}f", payload, start)
-    return RecordHeader(flag, tuple(float(v) for v in labels), record_id, record_id2), end
-
-
-def _class_label(header: RecordHeader, where: str) -> int:
-    """The identity label of an image record: its label (first value when an array)."""
-    value = header.label[0]
-    if not math.isfinite(value) or value < 0 or value != int(value):
-        raise DataFormatError(f"{where}: label {value!r} is not a non-negative integer class id")
-    return int(value)
-
-
 class RecordIODataset:
     """Images and identity labels of an insightface RecordIO set (MS1MV2, CASIA-WebFace, Glint360K).
 
     ``dataset[i] -> (uint8 HxWx3 RGB array, int label)`` (or ``(transform(image), label)``); JPEGs are
     decoded only when an item is read. ``labels`` reads only the record headers.
-    Files without a meta record 0 (e.g. packed by plain ``im2rec``) are read as "every key is an image".
+    Files without a meta record 0 (record 0 with flag > 0 and no image, as insightface writes it; e.g.
+    sets packed by plain ``im2rec``) are read as "every key in the index is an image".
     """
 
     def __init__(
@@ -174,7 +151,7 @@ class RecordIODataset:
         self.transform = transform
         self._keys, self._offsets = read_index(self.idx_path)
         self._file_size = self.rec_path.stat().st_size
-        past_end = np.nonzero(self._offsets + _RECORD_HEAD.size > self._file_size)[0]
+        past_end = np.nonzero(self._offsets + RECORD_HEAD.size > self._file_size)[0]
         if past_end.size:
             bad = past_end[0]
             raise DataFormatError(
@@ -219,17 +196,17 @@ class RecordIODataset:
         offset = self._offset_of(key)
         parts: list[bytes] = []
         while True:
-            head_size = _RECORD_HEAD.size
+            head_size = RECORD_HEAD.size
             chunk = self._read_at(offset, head_size + (limit or 0) if not parts else head_size)
             if len(chunk) < head_size:
                 raise DataFormatError(f"{where}: record truncated at byte {offset} (file ends)")
-            magic, lrec = _RECORD_HEAD.unpack_from(chunk, 0)
+            magic, lrec = RECORD_HEAD.unpack_from(chunk, 0)
             if magic != RECORDIO_MAGIC:
                 raise DataFormatError(
                     f"{where}: bad magic 0x{magic:08x} at byte {offset} (expected 0x{RECORDIO_MAGIC:08x}; "
                     f"wrong .idx offset or not a RecordIO file)"
                 )
-            continuation, length = lrec >> _LENGTH_BITS, lrec & _LENGTH_MASK
+            continuation, length = lrec >> LENGTH_BITS, lrec & LENGTH_MASK
             if offset + head_size + length > self._file_size:
                 raise DataFormatError(
                     f"{where}: record truncated: {length} payload bytes announced at byte {offset}, "
@@ -246,7 +223,7 @@ class RecordIODataset:
                 return self._read_at(offset + head_size, length)
             parts.append(self._read_at(offset + head_size, length))
             if continuation == 3:
-                return _MAGIC_BYTES.join(parts)
+                return MAGIC_BYTES.join(parts)
             offset += head_size + ((length + 3) & ~3)
 
     def read_header(self, key: int) -> RecordHeader:
@@ -255,19 +232,19 @@ class RecordIODataset:
         flag = IMAGE_HEADER.unpack_from(prefix, 0)[0] if len(prefix) >= IMAGE_HEADER.size else 0
         if len(prefix) < IMAGE_HEADER.size + 4 * flag:
             prefix = self.read_payload(key, limit=IMAGE_HEADER.size + 4 * flag)
-        return _parse_header(prefix, f"{self.rec_path}: key {key}")[0]
+        return parse_header(prefix, f"{self.rec_path}: key {key}")[0]
 
     def read_record(self, key: int) -> tuple[RecordHeader, bytes]:
         """Header and encoded image bytes of record ``key``."""
         where = f"{self.rec_path}: key {key}"
         payload = self.read_payload(key)
-        header, start = _parse_header(payload, where)
+        header, start = parse_header(payload, where)
         return header, payload[start:]
 
     def _find_image_keys(self) -> np.ndarray:
         if self._keys[0] == 0:
-            meta = self.read_header(0)
-            if meta.flag > 0:
+            meta, rest = self.read_record(0)
+            if meta.flag > 0 and not rest:  # a meta record carries no image
                 end = int(meta.label[0])
                 if end < 1:
                     raise DataFormatError(f"{self.rec_path}: key 0: meta record announces {end - 1} images")
@@ -295,7 +272,7 @@ class RecordIODataset:
         where = f"{self.rec_path}: key {key}"
         header, image_bytes = self.read_record(key)
         image = decode_image_bytes(image_bytes, where)
-        label = _class_label(header, where)
+        label = class_label(header, where)
         return (self.transform(image) if self.transform is not None else image), label
 
     @property
@@ -308,8 +285,19 @@ class RecordIODataset:
         """int64 identity label of every image, read from the headers only (cached)."""
         if self._labels is None:
             labels = np.empty(len(self), dtype=np.int64)
-            for index, key in enumerate(self._image_keys.tolist()):
-                labels[index] = _class_label(self.read_header(key), f"{self.rec_path}: key {key}")
+            offsets = self._offsets[np.searchsorted(self._keys, self._image_keys)].tolist()
+            fast_head = struct.Struct("<IIIf")  # magic, lrec, flag, label: one pread per image
+            for index, (key, offset) in enumerate(zip(self._image_keys.tolist(), offsets)):
+                chunk = self._read_at(offset, fast_head.size)
+                if len(chunk) == fast_head.size:
+                    magic, lrec, flag, label = fast_head.unpack(chunk)
+                    if (magic == RECORDIO_MAGIC and lrec >> LENGTH_BITS == 0 and flag == 0 and math.isfinite(label)
+                            and label >= 0 and label == int(label) and offset + 8 + (lrec & LENGTH_MASK) <= self._file_size
+                            and (lrec & LENGTH_MASK) >= IMAGE_HEADER.size):
+                        labels[index] = int(label)
+                        continue
+                # anything unusual (label arrays, multi-part, damage) takes the checked path
+                labels[index] = class_label(self.read_header(key), f"{self.rec_path}: key {key}")
             self._labels = labels
         return self._labels
 
@@ -346,98 +334,3 @@ class RecordIODataset:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
-
-
-# --------------------------------------------------------------------- writer
-def _encode_record(payload: bytes) -> bytes:
-    """Frame a payload as dmlc does: split where the magic sits at an aligned offset, pad to 4."""
-    pieces: list[bytes] = []
-    start = 0
-    position = payload.find(_MAGIC_BYTES)
-    while position >= 0:
-        if position % 4 == 0:  # dmlc only looks at 4-byte aligned words
-            pieces.append(payload[start:position])
-            start = position + 4
-            position = payload.find(_MAGIC_BYTES, start)
-        else:
-            position = payload.find(_MAGIC_BYTES, position + 1)
-    pieces.append(payload[start:])
-    out = bytearray()
-    for number, piece in enumerate(pieces):
-        if len(pieces) == 1:
-            continuation = 0
-        else:
-            continuation = 1 if number == 0 else (3 if number == len(pieces) - 1 else 2)
-        if len(piece) > _LENGTH_MASK:
-            raise ValueError(f"record of {len(piece)} bytes exceeds the RecordIO limit of 2^29 - 1")
-        out += _RECORD_HEAD.pack(RECORDIO_MAGIC, (continuation << _LENGTH_BITS) | len(piece))
-        out += piece
-        out += b"\0" * (-len(piece) % 4)
-    return bytes(out)
-
-
-def _pack_payload(flag_labels: Sequence[float] | float, record_id: int, image_bytes: bytes = b"") -> bytes:
-    if isinstance(flag_labels, (int, float)):
-        return IMAGE_HEADER.pack(0, float(flag_labels), record_id, 0) + image_bytes
-    values = [float(v) for v in flag_labels]
-    return IMAGE_HEADER.pack(len(values), values[0], record_id, 0) + struct.pack(f"<{len(values)}f", *values) + image_bytes
-
-
-def write_recordio(
-    prefix_or_dir: str | os.PathLike[str],
-    images: Sequence[np.ndarray | bytes],
-    labels: Sequence[int],
-    *,
-    image_format: str = "JPEG",
-    quality: int = 95,
-) -> tuple[Path, Path]:
-    """Pack images + identity labels as an insightface RecordIO set (``.rec``, ``.idx``, ``property``).
-
-    ``images`` are uint8 HxWx3 arrays (encoded with ``image_format``) or already encoded bytes (kept
-    as is). ``prefix_or_dir``: an existing or new directory (gets ``train.rec``/``train.idx``/``property``)
-    or a path ending in ``.rec``. Layout as insightface: meta record 0 (label = [n+1, n+1+#identity records]), images at keys
-    1..n, then one record per identity whose images are contiguous, labelled [first key, end key).
-    Identity records are written only when every identity's images are contiguous. Returns the paths.
-    """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    label_list = [int(v) for v in labels]
-    if any(v < 0 for v in label_list):
-        raise ValueError("labels must be non-negative integers")
-    target = Path(prefix_or_dir)
-    if not target.exists() and target.suffix not in (".rec", ".idx"):
-        target.mkdir(parents=True)  # a new name without suffix is a dataset directory
-    rec_path, idx_path, property_path = resolve_recordio_paths(target)
-    rec_path.parent.mkdir(parents=True, exist_ok=True)
-
-    encoded: list[bytes] = []
-    for image in images:
-        encoded.append(bytes(image) if isinstance(image, (bytes, bytearray)) else encode_image(image, image_format, quality))
-    size = (0, 0)
-    if encoded:
-        first = decode_image_bytes(encoded[0], "first image")
-        size = (first.shape[0], first.shape[1])
-
-    ranges: list[tuple[int, int]] = []
-    for key, label in enumerate(label_list, start=1):
-        if ranges and label_list[key - 2] == label:
-            ranges[-1] = (ranges[-1][0], key + 1)
-        else:
-            ranges.append((key, key + 1))
-    if len(ranges) != len(set(label_list)):
-        ranges = []  # some identity is not contiguous: its key range would be meaningless
-    n = len(encoded)
-    records = [_pack_payload([float(n + 1), float(n + 1 + len(ranges))], 0)]
-    records += [_pack_payload(float(label), key, data) for key, (label, data) in enumerate(zip(label_list, encoded), 1)]
-    records += [_pack_payload([float(start), float(end)], n + 1 + i) for i, (start, end) in enumerate(ranges)]
-
-    offset = 0
-    with open(rec_path, "wb") as rec, open(idx_path, "w", encoding="ascii") as idx:
-        for key, payload in enumerate(records):
-            framed = _encode_record(payload)
-            rec.write(framed)
-            idx.write(f"{key}\t{offset}\n")
-            offset += len(framed)
-    num_classes = max(label_list) + 1 if label_list else 0
-    property_path.write_text(f"{num_classes},{size[0]},{size[1]}\n", encoding="ascii")
-    return rec_path, idx_path

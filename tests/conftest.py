@@ -1,0 +1,37 @@
+"""Shared fixtures: paths, and a CLI runner that captures exit code and output in-process."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CORECOMPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def cli(capsys):  # noqa: ANN001, ANN201
+    """Run ``corecompress ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from corecompress.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
