@@ -134,15 +134,17 @@ def load_plugins(*, require: Iterable[str] = (), block: Iterable[str] = (), stri
             pm.register(module, name=info.name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             fail(info, f"invalid hooks ({exc})")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        bad = getattr(exc, "plugin_name", None) or str(exc)
-        info = loaded.plugins.get(bad)
-        if info is None:
-            raise PluginError(f"a plugin implements an unknown hook: {exc}") from None
-        pm.unregister(name=bad)
-        fail(info, f"unknown hook ({exc})")
+    while True:  # a misspelt hook is an error of that plugin only
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            bad = pm.get_name(exc.plugin)
+            info = loaded.plugins.get(bad) if bad else None
+            if info is None:
+                raise PluginError(f"a plugin implements an unknown hook: {exc}") from None
+            pm.unregister(name=bad)
+            fail(info, f"unknown hook ({exc})")
 
     _run_registration(loaded, required, strict)
     missing = [r for r in required if not any(

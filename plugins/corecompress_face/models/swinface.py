@@ -9,7 +9,11 @@ The trunk is timm's ``SwinTransformer`` (``self.trunk``), built headless (``num_
 ``trunk.layers.{s}.blocks.{b}``; the reference patch merge *after* stage ``s`` lives in timm at the
 *start* of stage ``s + 1`` (``trunk.layers.{s+1}.downsample``).  Nothing here hard-codes channel or
 head counts of a block, so blocks whose ``attn.qkv`` / ``mlp.fc1`` take a channel subset, or whose
-attention has fewer heads, keep working (see the report in the module tests).
+attention has fewer heads, keep working (tests/face/test_swinface.py).  Caveat from timm 1.0.x:
+``SwinTransformerBlock._attn`` reshapes the attention output with the channel count of the *norm1
+output*, so a slimmed ``norm1`` fails; slice inside ``attn.qkv`` instead
+(``nn.Sequential(IndexSelect(kept), Linear(k, 3C))``).  A slimmed ``norm2`` feeding a sliced
+``mlp.fc1`` works.
 """
 from __future__ import annotations
 
@@ -117,7 +121,7 @@ def resolve_config(preset_or_config: str | SwinFaceConfig = "swin_t", **override
     """Turn a preset name or a config plus field overrides into a validated config."""
     if isinstance(preset_or_config, SwinFaceConfig):
         config = preset_or_config
-    elif preset_or_config in PRESETS:
+    elif isinstance(preset_or_config, str) and preset_or_config in PRESETS:
         config = PRESETS[preset_or_config]
     else:
         raise ValueError(f"unknown SwinFace preset {preset_or_config!r}; choose one of {sorted(PRESETS)}")
@@ -250,8 +254,9 @@ def swin_block_paths(model: nn.Module) -> list[str]:
 def unfused_attention(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily route timm attention through explicit matmuls.
 
-    ``FlopCounterMode`` has no formula for the CPU fused attention kernel, so without this the
-    attention matmuls (0.14 GMACs of Swin-T's 4.48) go uncounted.
+    timm's Swin attention is unfused by default, but fused SDPA can be switched on
+    (``TIMM_FUSED_ATTN=2`` or ``timm.layers.set_fused_attn``); ``FlopCounterMode`` has no formula for
+    the CPU fused kernel, so the attention matmuls (0.14 of Swin-T's 4.48 GMACs) would go uncounted.
     """
     saved = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
     try:

@@ -158,7 +158,7 @@ def convert_reference_backbone_state(
     notes: list[str] = []
     state = _strip_module_prefix(dict(state), notes)
     converted: dict[str, torch.Tensor] = {}
-    dropped_head = []
+    dropped_head, checked_buffers = [], 0
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise DataFormatError(f"{label}: entry {key!r} is not a tensor")
@@ -168,6 +168,7 @@ def convert_reference_backbone_state(
         buffer = _BLOCK_BUFFER.match(key)
         if buffer:
             _check_buffer(model, buffer, value, label)
+            checked_buffers += 1
             continue
         merge = _DOWNSAMPLE.match(key)
         if merge:
@@ -183,7 +184,9 @@ def convert_reference_backbone_state(
             converted[key] = value
     if dropped_head:
         notes.append(f"dropped the unused reference head ({', '.join(dropped_head)})")
-    notes.append("verified and dropped relative_position_index / attn_mask buffers (timm recomputes them)")
+    if checked_buffers:
+        notes.append(f"verified and dropped {checked_buffers} relative_position_index / attn_mask "
+                     "buffers (timm recomputes them)")
     return converted, notes
 
 

@@ -1,0 +1,88 @@
+"""`corecompress run` end to end on the smoke recipe: artefacts, no overwrite, reload."""
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+
+import corecompress
+
+
+def _small_smoke(repo, tmp_path, **changes):
+    recipe = yaml.safe_load((repo / "recipes" / "smoke.yaml").read_text())
+    recipe["train"]["steps"] = 20
+    recipe["retrain"]["steps"] = 5
+    recipe["evaluate"] = ["accuracy", {"name": "efficiency", "batch_sizes": [8]}]
+    recipe.update(changes)
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_smoke_run_writes_every_artefact_and_reloads(cli, repo, tmp_path):
+    recipe = _small_smoke(repo, tmp_path)
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", recipe, "--out", out)
+    assert code == 0, err
+    assert f"report: {out / 'report.md'}" in stdout
+    for name in ("recipe.resolved.json", "versions.json", "plan.json", "metrics.json", "report.md",
+                 "model.safetensors", "architecture.json", "log.txt", "status.json"):
+        assert (out / name).is_file(), name
+    resolved = json.loads((out / "recipe.resolved.json").read_text())
+    assert resolved["prune"]["importance"] == {"name": "l1", "normalize": "none"}  # defaults filled in
+    assert resolved["retrain"]["lr_schedule"]["name"] == "cosine"
+    versions = json.loads((out / "versions.json").read_text())
+    assert versions["torch"] == torch.__version__ and "core" in versions["plugins"]
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["after"]["efficiency/params"] < metrics["before"]["efficiency/params"]
+    assert metrics["after"]["efficiency/macs"] < metrics["before"]["efficiency/macs"]
+    assert "efficiency/speedup_vs_dense_b8" in metrics["after"]
+    report = (out / "report.md").read_text()
+    assert "| efficiency/params |" in report and "physical" in report
+
+    model = corecompress.load(out)  # architecture + plan + safetensors, no recipe, no pickle
+    x = torch.randn(2, 3, 16, 16)
+    assert model(x).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == metrics["after"]["efficiency/params"]
+
+
+def test_existing_run_directory_is_not_overwritten(cli, repo, tmp_path):
+    recipe = _small_smoke(repo, tmp_path, evaluate=[])
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, _out, err = cli("run", recipe, "--out", out)
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert (out / "precious.txt").read_text() == "keep me"
+    code, _out, err = cli("run", recipe, "--out", out, "--force")
+    assert code == 0, err
+    assert not (out / "precious.txt").exists()
+
+
+def test_same_seed_same_weights(cli, repo, tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = _small_smoke(repo, tmp_path, evaluate=[])
+    runs = []
+    for name in ("a", "b"):
+        code, _o, err = cli("run", recipe, "--out", tmp_path / name)
+        assert code == 0, err
+        runs.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_masked_run_keeps_size_and_zeros(cli, repo, tmp_path):
+    recipe = _small_smoke(repo, tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    data["prune"]["apply"] = "mask"
+    recipe.write_text(yaml.safe_dump(data))
+    out = tmp_path / "masked"
+    code, _o, err = cli("run", recipe, "--out", out)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["after"]["efficiency/params"] == metrics["before"]["efficiency/params"]
+    assert metrics["after"]["efficiency/nonzero_params"] < metrics["before"]["efficiency/nonzero_params"]
+    assert "masked model has the dense model's size and speed" in (out / "report.md").read_text()
