@@ -25,7 +25,7 @@ from torch import nn
 
 MIN_REPEATS = 10
 
-InputSpec = Sequence[int]
+InputSpec = Sequence[int] | int
 
 
 def count_parameters(model: nn.Module, only_trainable: bool = False) -> int:
@@ -73,8 +73,10 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def _make_batch(model: nn.Module, input_shape: InputSpec, batch_size: int, device: torch.device | None) -> torch.Tensor:
+    """Random batch of ``batch_size`` samples of ``input_shape`` (no batch dimension), dtype of the model."""
     model_device, dtype = _model_device_dtype(model)
-    return torch.randn((batch_size, *input_shape), device=device or model_device, dtype=dtype)
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    return torch.randn((batch_size, *shape), device=device or model_device, dtype=dtype)
 
 
 def _call(model: nn.Module, example_input: Any) -> Any:
@@ -190,6 +192,9 @@ def measure_throughput(
 ) -> dict[str, Any]:
     """Latency of one batch (median of ``repeats`` timed runs after ``warmup``) and images per second.
 
+    ``input_shape`` is one sample's shape without the batch dimension, e.g. ``(3, 112, 112)``.
+    ``threads`` fixes torch's intra-op thread count for the measurement (restored afterwards);
+    ``None`` keeps the current count, which the result records either way.
     Returns ``median_s``, ``images_per_s`` (= batch_size / median_s), ``min_s``, ``max_s``, ``times_s``,
     ``batch_size``, ``threads``, ``repeats``. The input is random, on the model's device unless given.
     """
@@ -257,8 +262,11 @@ def _cpu_profiled_peak(step: Callable[[], None]) -> int:
         step()
     from torch._C._autograd import DeviceType
 
+    results = getattr(prof.profiler, "kineto_results", None)
+    if results is None:
+        raise RuntimeError("this PyTorch's profiler exposes no memory events; CPU peak memory is unavailable")
     events = [
-        e for e in prof.profiler.kineto_results.events()
+        e for e in results.events()
         if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
     ]
     running = peak = 0

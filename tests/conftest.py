@@ -11,7 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CORECOMPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small ops; avoids oversubscription when tests spawn processes
 
 
 @pytest.fixture

@@ -90,7 +90,8 @@ def test_duplicate_labels_apply_in_batch_order() -> None:
     lam2 = (0.6 * w[0] + 0.8 * w[1]) / math.sqrt(sum(x * x for x in w))
     w = [lam2 * x + (1 - lam2) * y for x, y in zip(w, [0.6, 0.8, 0.0, 0.0])]
     assert torch.allclose(centres[1], torch.tensor(w), atol=1e-6)
-    assert stats.lam[2].item() == pytest.approx(lam2, abs=1e-6) and stats.alpha[2].item() == pytest.approx(lam2, abs=1e-6)
+    assert stats.lam[2].item() == pytest.approx(lam2, abs=1e-6)
+    assert stats.alpha[2].item() == pytest.approx(lam2, abs=1e-6)
     assert torch.allclose(centres[1], torch.tensor([0.12, 0.96, 0.0, 0.0]), atol=1e-5)
     # not "last write wins" (the reference): that would leave ≈ f_t of sample 2
     assert not torch.allclose(centres[1], f_t[2], atol=1e-2)
@@ -135,7 +136,8 @@ def test_occurrence_rank() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(num_classes=st.integers(1, 5), dim=st.integers(2, 6), batch=st.integers(1, 10),
-       seed=st.integers(0, 10_000), scale=st.sampled_from([1e-3, 1.0, 1e3]), mode=st.sampled_from(["random", "same", "opposite"]))
+       seed=st.integers(0, 10_000), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       mode=st.sampled_from(["random", "same", "opposite"]))
 def test_alpha_always_in_range(num_classes: int, dim: int, batch: int, seed: int, scale: float, mode: str) -> None:
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(num_classes, dim, generator=gen) * scale
@@ -201,6 +203,17 @@ def test_update_happens_before_logits_and_gradients_reach_only_the_student() -> 
     assert student.weight.grad is not None and student.weight.grad.abs().sum() > 0
     optimizer.step()
     assert torch.equal(loss.centres, centres_after_update)
+
+
+def test_cosines_stay_float32_under_autocast() -> None:
+    emb, f_t, labels = torch.randn(4, 4), torch.randn(4, 4), torch.tensor([0, 1, 2, 0])
+    plain, mixed = make_loss(), make_loss()
+    reference = plain(emb, {"label": labels}, f_t)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.linear(emb, mixed.centres).dtype == torch.bfloat16       # what an unguarded matmul would do
+        value = mixed(emb, {"label": labels}, f_t)["loss"]
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_eval_mode_does_not_move_the_centres() -> None:

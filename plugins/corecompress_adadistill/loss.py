@@ -35,7 +35,7 @@ from torch import nn
 from corecompress_adadistill.centres import adaptive_update, gather_from_ranks
 from corecompress_face.heads.margin import margin_logits
 from corecompress_face.losses import (
-    DISTILL_DEFAULT_M, MarginOptions, as_embedding, context_device, margin_parameters, seeded_generator,
+    DISTILL_DEFAULT_M, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters, seeded_generator,
     student_embedding_size,
 )
 from corecompress_kd_baselines.projector import (
@@ -93,7 +93,7 @@ class AdaDistill(nn.Module):
                 all_s, all_t, all_y = gather_from_ranks(f_s.detach(), f_t, labels)
                 stats = adaptive_update(self.centres, all_s, all_t, all_y, self.options.variant)
             parts = {"alpha": stats.alpha.mean(), "lambda": stats.lam.mean(), "c": stats.c.mean()}
-        cos = F.linear(f_s, F.normalize(self.centres, dim=1)).clamp(-1.0, 1.0)
+        cos = cosine_matrix(f_s, self.centres)
         logits = margin_logits(cos, labels, self.options.s, self.m1, self.m2, self.m3)
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "ce": loss.detach(), **parts}

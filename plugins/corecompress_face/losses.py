@@ -1,6 +1,7 @@
 """The plain margin-penalty objective (``margin``, ``arcface``, ``cosface``): a face model trained alone.
 
-This is the "no distillation" baseline of AdaDistill (spec adadistill.md, "Baselines": the student
+Papers: ArcFace (Deng et al., CVPR 2019), CosFace (Wang et al., CVPR 2018). This is the
+"no distillation" baseline of AdaDistill (Boutros et al., ECCV 2024; spec adadistill.md, "Baselines": the student
 trained alone with ArcFace/CosFace) and the retraining objective of FACES (spec faces.md, "Retraining
 in the reference code": an ArcFace head, s = 64, m = 0.5, initialised from the pretrained header).
 A trainable :class:`~corecompress_face.heads.margin.CombinedMarginHead` over ``ctx.data.num_classes``
@@ -110,16 +111,17 @@ def as_embedding(outputs: Any) -> Tensor:
 
 
 def probe_output_size(module: nn.Module, input_size: tuple[int, ...], device: Any = None) -> int:
-    """Embedding size of ``module`` by one no-grad forward of zeros (eval mode, mode restored)."""
+    """Embedding size of ``module`` by one no-grad forward of zeros (eval mode; every submodule's mode restored)."""
     param = next(module.parameters(), None)
     device = device if device is not None else (param.device if param is not None else "cpu")
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad():
             out = as_embedding(module(torch.zeros(2, *input_size, device=device)))
     finally:
-        module.train(was_training)
+        for sub, training in modes:
+            sub.training = training
     return int(out.shape[1])
 
 
@@ -143,6 +145,15 @@ def seeded_generator(ctx: Any, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_033 + salt)
 
 
+def cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
+    """cos θ (B, K) between rows of ``embeddings`` (B, E) and ``centres`` (K, E), in float32 even under
+    autocast (a bf16/fp16 cosine is too coarse for the margin), clamped to [−1, 1]."""
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        a = F.normalize(embeddings.float(), dim=1)
+        b = F.normalize(centres.float(), dim=1)
+        return F.linear(a, b).clamp(-1.0, 1.0)
+
+
 def context_device(ctx: Any) -> torch.device:
     return torch.device(getattr(ctx, "device", None) or "cpu")
 
@@ -164,7 +175,8 @@ def load_header_file(path: str | Path) -> Tensor:
         else:
             content = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a malformed file
-        raise HeaderFileError(f"{p}: not a readable safetensors/torch weights file ({type(exc).__name__}: {exc})") from None
+        raise HeaderFileError(f"{p}: not a readable safetensors/torch weights file "
+                              f"({type(exc).__name__}: {exc})") from None
     if isinstance(content, Tensor):
         candidates = {"": content}
     elif isinstance(content, Mapping):

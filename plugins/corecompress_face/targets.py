@@ -135,7 +135,7 @@ class TeacherCache:
         param = next(teacher.parameters(), None)
         device = getattr(ctx, "device", None) or (param.device if param is not None else torch.device("cpu"))
         dtype = getattr(torch, self.options.dtype)
-        was_training = teacher.training
+        modes = [(m, m.training) for m in teacher.modules()]
         teacher.eval()
         plain, flipped = [], []
         try:
@@ -146,7 +146,8 @@ class TeacherCache:
                     plain.append(as_embedding(teacher(images)).to("cpu", dtype))
                     flipped.append(as_embedding(teacher(images.flip(-1))).to("cpu", dtype))
         finally:
-            teacher.train(was_training)
+            for module, training in modes:
+                module.training = training
         return torch.cat(plain).contiguous(), torch.cat(flipped).contiguous()
 
     def _write(self, directory: Path, path: Path, dataset: Any, ctx: Any) -> None:

@@ -1,6 +1,7 @@
 """``embedding_cosine``: the FACES distillation term, L = (1 − λ)·L_margin + λ·(1 − mean_i cos(f_s,i, f_t,i)).
 
-FACES (spec faces.md, "Retraining in the reference code"): the pruned model is retrained with an
+FACES (Lajić et al., "FACES: Facial Analysis with Compressed Efficient Systems", ICT Express 2026;
+spec faces.md, "Retraining in the reference code"): the pruned model is retrained with an
 ArcFace head (s = 64, m = 0.5, optionally initialised from the pretrained header: ``init_header``)
 and, optionally, this cosine term to the unpruned teacher. Unlike the reference code, the teacher's
 weights are really loaded (the runner's ``teacher:`` section; the loss refuses to run without

@@ -20,7 +20,7 @@ from torch import nn
 
 from corecompress_face.heads.margin import margin_logits
 from corecompress_face.losses import (
-    DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, context_device, margin_parameters,
+    DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters,
     student_embedding_size,
 )
 from corecompress_kd_baselines.header import resolve_teacher_header
@@ -30,7 +30,8 @@ from corecompress_kd_baselines.projector import make_projector, project
 @dataclass
 class ArcDistillOptions(MarginOptions):
     header: str | None = field(default=None, metadata={
-        "help": "teacher classifier file (safetensors/torch, classes × embedding); null = ctx.state['teacher_header']"})
+        "help": "teacher classifier file (safetensors/torch, classes × embedding); "
+                "null = ctx.state['teacher_header']"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
 
 
@@ -63,8 +64,7 @@ class HeaderDistill(nn.Module):
         if self.teacher_header.numel() == 0:
             raise RuntimeError(f"{self.method}: setup(ctx) must run before the first forward")
         labels = batch["label"].long()
-        f_s = F.normalize(project(self.projector, as_embedding(outputs).float()), dim=1)
-        cos = F.linear(f_s, self.teacher_header).clamp(-1.0, 1.0)
+        cos = cosine_matrix(project(self.projector, as_embedding(outputs).float()), self.teacher_header)
         loss = F.cross_entropy(margin_logits(cos, labels, self.options.s, self.m1, self.m2, self.m3), labels)
         return {"loss": loss, "margin_loss": loss.detach()}
 

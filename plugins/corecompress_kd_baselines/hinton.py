@@ -26,7 +26,7 @@ from torch import nn
 
 from corecompress_face.heads.margin import margin_logits
 from corecompress_face.losses import (
-    DISTILL_DEFAULT_M, LossConfigError, MarginOptions, as_embedding, context_device, margin_parameters,
+    DISTILL_DEFAULT_M, LossConfigError, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters,
     student_embedding_size,
 )
 from corecompress_kd_baselines.header import resolve_teacher_header
@@ -40,7 +40,8 @@ class HintonKDOptions(MarginOptions):
     temperature: float = field(default=4.0, metadata={"help": "softmax temperature T of the soft term"})
     weight: float = field(default=1.0, metadata={"help": "weight of T²·KL(teacher ‖ student)"})
     header: str | None = field(default=None, metadata={
-        "help": "teacher classifier file (safetensors/torch, classes × embedding); null = ctx.state['teacher_header']"})
+        "help": "teacher classifier file (safetensors/torch, classes × embedding); "
+                "null = ctx.state['teacher_header']"})
     train_head: bool = field(default=False, metadata={
         "help": "student logits from a trainable copy of the teacher classifier (else the frozen one)"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
@@ -85,10 +86,9 @@ class HintonKD(nn.Module):
         o, labels = self.options, batch["label"].long()
         f_t = teacher_embedding(teacher_outputs, "hinton_kd").float()
         check_width(f_t, self.teacher_header.shape[1], "teacher", "hinton_kd")
-        f_s = F.normalize(project(self.projector, as_embedding(outputs).float()), dim=1)
-        student_centres = self.teacher_header if self.student_head is None else F.normalize(self.student_head, dim=1)
-        cos_s = F.linear(f_s, student_centres).clamp(-1.0, 1.0)
-        cos_t = F.linear(F.normalize(f_t, dim=1), self.teacher_header).clamp(-1.0, 1.0)
+        student_centres = self.teacher_header if self.student_head is None else self.student_head
+        cos_s = cosine_matrix(project(self.projector, as_embedding(outputs).float()), student_centres)
+        cos_t = cosine_matrix(f_t, self.teacher_header)
         margin_loss = F.cross_entropy(margin_logits(cos_s, labels, o.s, self.m1, self.m2, self.m3), labels)
         t = o.temperature
         kd = F.kl_div(F.log_softmax(o.s * cos_s / t, dim=1), F.log_softmax(o.s * cos_t / t, dim=1),

@@ -145,6 +145,9 @@ def test_loader_errors_name_the_file_and_weight(tmp_path, random_model):
     _write_manifest(tmp_path, entries + [("extra/thing", np.zeros(3))])
     with pytest.raises(DataFormatError, match="'extra/thing' is not part"):
         load_dlib_resnet(manifest)
+    _write_manifest(tmp_path, entries + entries[:1])
+    with pytest.raises(DataFormatError, match="'conv32_down/conv/filters' appears twice"):
+        load_dlib_resnet(manifest)
     _write_manifest(tmp_path, entries, truncate=10)
     with pytest.raises(DataFormatError, match="truncated at 'fc'"):
         load_dlib_resnet(manifest)
@@ -154,6 +157,22 @@ def test_loader_errors_name_the_file_and_weight(tmp_path, random_model):
     manifest.write_text("{not json")
     with pytest.raises(DataFormatError, match="not a JSON"):
         load_dlib_resnet(manifest)
+
+
+def test_reader_handles_uint16_float16_and_several_shards(tmp_path):
+    (tmp_path / "a.bin").write_bytes(np.array([0, 2, 65535], "<u2").tobytes())
+    (tmp_path / "b.bin").write_bytes(np.array([1.5, -2.0], "<f2").tobytes() + np.array([7], "<f4").tobytes())
+    specs = [{"name": "u16", "shape": [3], "dtype": "float32",
+              "quantization": {"dtype": "uint16", "scale": 0.5, "min": -1.0}},
+             {"name": "f16", "shape": [1, 2], "dtype": "float32", "quantization": {"dtype": "float16"}},
+             {"name": "f32", "shape": [1], "dtype": "float32"}]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{"paths": ["a.bin", "b.bin"], "weights": specs}]))
+    weights = read_tfjs_weights(manifest)
+    np.testing.assert_array_equal(weights["u16"], [-1.0, 0.0, 32766.5])
+    np.testing.assert_array_equal(weights["f16"], [[1.5, -2.0]])
+    np.testing.assert_array_equal(weights["f32"], [7.0])
+    assert all(w.dtype == np.float32 for w in weights.values())
 
 
 def test_down_block_pools_shortcut_pads_channels_and_conv_path():
@@ -240,9 +259,8 @@ def test_preprocess_grey64_shapes_values_and_modes():
 
 def _pair_auc(scores: np.ndarray, same: np.ndarray) -> float:
     """Mann-Whitney AUC: P(score of a same pair > score of a different pair), ties counting half."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based ranks, ties share their mean
     positives, negatives = int(same.sum()), int((~same).sum())
     return float((ranks[same].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
@@ -265,8 +283,8 @@ def test_real_weights_dequantise_as_byte_times_scale_plus_min():
 
 
 def test_real_weights_recognise_olivetti_faces():
-    """Spec figures (all 400 images): AUC 0.9988, balanced accuracy 98.4 %, 1-NN 100 %. A 20-person
-    subset keeps the test fast; raw pixels reach only AUC ≈ 0.85 there."""
+    """Spec figures (all 400 images): AUC 0.9988, balanced accuracy 98.4 %, 1-NN 100 %. A 10-person
+    subset (every 4th person; AUC 0.9989 there) keeps the test fast; raw pixels score far lower."""
     from scipy.io import loadmat
 
     weights = _require(_shared_data() / "face-api-resnet" / "face_recognition_model-weights_manifest.json")
@@ -274,17 +292,17 @@ def test_real_weights_recognise_olivetti_faces():
     faces = loadmat(str(mat))["faces"]
     images = faces.T.reshape(400, 64, 64).transpose(0, 2, 1)
     identities = np.arange(400) // 10
-    keep = identities % 2 == 0  # 20 people, all 10 images each
+    keep = identities % 4 == 0  # 10 people, all 10 images each
     images, identities = images[keep], identities[keep]
     model = load_dlib_resnet(weights)
     with torch.no_grad():
-        descriptors = torch.cat([model(preprocess_grey64(images[i:i + 50])) for i in range(0, len(images), 50)])
-    assert descriptors.shape == (200, 128)
+        descriptors = model(preprocess_grey64(images))
+    assert descriptors.shape == (100, 128)
     similarity = (F.normalize(descriptors, dim=1) @ F.normalize(descriptors, dim=1).T).numpy()
     upper = np.triu_indices(len(images), 1)
     same = identities[upper[0]] == identities[upper[1]]
     auc = _pair_auc(similarity[upper], same)
-    assert auc >= 0.995
+    assert auc >= 0.998  # 0.99885 here; padding the conv path top/left instead gives 0.9952
     order = np.argsort(-similarity[upper])
     true_pos = np.cumsum(same[order]) / same.sum()
     true_neg = 1 - np.cumsum(~same[order]) / (~same).sum()

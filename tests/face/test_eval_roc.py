@@ -200,3 +200,11 @@ def test_olivetti_pixel_cosine_roc_agrees_with_rank_statistic() -> None:
     assert result.auc == pytest.approx(u_statistic, abs=1e-9)
     assert result.auc > 0.8  # same-person pixels are far more alike than different-person pixels
     assert [p.reachable for p in result.tar_at_far] == [True, True, True, True, False]  # 78,000 impostors
+
+
+def test_all_pairs_cap_with_scarce_impostors_terminates_and_is_exact() -> None:
+    labels = np.r_[np.zeros(1000, int), [1, 2, 3]]  # 3,003 impostor pairs among 502,503
+    pairs, genuine = all_pairs(labels, max_impostor_pairs=100, seed=2)
+    assert genuine.sum() == 1000 * 999 // 2
+    assert (~genuine).sum() == 100
+    np.testing.assert_array_equal(labels[pairs[:, 0]] == labels[pairs[:, 1]], genuine)

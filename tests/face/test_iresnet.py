@@ -51,7 +51,8 @@ def test_state_dict_uses_insightface_key_names(meta_iresnet50):
     assert "layer3.14.conv1.weight" not in keys and "layer4.3.conv1.weight" not in keys
     # no parameters outside the insightface names
     top_level = {k.split(".")[0] for k in keys}
-    assert top_level == {"conv1", "bn1", "prelu", "layer1", "layer2", "layer3", "layer4", "bn2", "fc", "features"}
+    assert top_level == {"conv1", "bn1", "prelu", "layer1", "layer2", "layer3", "layer4", "bn2", "fc",
+                         "features"}
 
 
 @pytest.mark.parametrize("depth,layers", [(18, (2, 2, 2, 2)), (50, (3, 4, 14, 3)), (100, (3, 13, 30, 3))])

@@ -115,8 +115,9 @@ def test_head_normalises_weights_and_embeddings():
     emb = torch.randn(5, 6)
     labels = torch.tensor([0, 1, 2, 3, 0])
     reference = head(emb, labels)
+    row_scales = torch.tensor([[2.0], [0.5], [3.0], [7.0]])
     scaled = CombinedMarginHead(6, 4, s=8.0, m1=1.0, m2=0.3, m3=0.1,
-                                init_weight=head.weight.detach() * torch.tensor([[2.0], [0.5], [3.0], [7.0]]))
+                                init_weight=head.weight.detach() * row_scales)
     torch.testing.assert_close(scaled(emb * 5.0, labels), reference, rtol=1e-5, atol=1e-5)
     expected_cos = F.normalize(emb, dim=1) @ F.normalize(head.weight.detach(), dim=1).T
     torch.testing.assert_close(head(emb), 8.0 * expected_cos, rtol=1e-5, atol=1e-5)

@@ -59,6 +59,7 @@ class SyntheticFaceConfig:
     lighting: float = 0.7  # largest directional lighting ramp across the image
     colour_jitter: float = 0.1  # std of brightness / contrast / colour cast
     expression: float = 1.0  # brow raise, gaze and squint strength
+    appearance_jitter: float = 1.0  # per-image drift of identity geometry/colours, tied-back hair
     occlusion_prob: float = 0.3  # chance of each of up to two occluders
     clutter: float = 1.0  # background clutter (number and opacity of shapes)
     noise_std: float = 0.04  # largest sensor-noise std (image in [0, 1])
@@ -204,7 +205,7 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
         heavy_makeup=heavy_makeup, lipstick=lipstick, lip_colour=lip_colour.astype(np.float32),
         eyeshadow=_pick(_EYESHADOW, draw()),
         p_glasses=0.9 if glasses_habit else 0.02, sunglasses=sunglasses,
-        frame_colour=_pick(_FRAMES, draw()), frame_thickness=_between(0.012, 0.03, draw()),
+        frame_colour=_pick(_FRAMES, draw()), frame_thickness=_between(0.018, 0.034, draw()),
         lens_aspect=_between(0.85, 1.15, draw()), lens_tint=_rgb(0.08, 0.08, 0.1),
         p_hat=0.6 if draw() < 0.08 else 0.02,
         p_earrings=(0.85 if draw() < 0.4 else 0.0) if not male else (0.8 if draw() < 0.03 else 0.0),
@@ -255,8 +256,8 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
     rng = _image_rng(config.seed, ident.identity, k)
     img = SimpleNamespace(**{name: bool(value) for name, value in
                              _image_flags(ident, rng.random(_IMAGE_FLAGS), config).items()})
-    draw = iter(rng.random(24).tolist()).__next__
-    normal = iter(np.clip(rng.standard_normal(10), -2.5, 2.5).tolist()).__next__
+    draw = iter(rng.random(32).tolist()).__next__
+    normal = iter(np.clip(rng.standard_normal(20), -2.5, 2.5).tolist()).__next__
     blobs = rng.random((6, 11))
     d = config.difficulty
     d1 = min(d, 1.0)
@@ -293,7 +294,34 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
                    if row[0] < 0.5 * config.clutter * d]
     img.occluders = [_blob(row, 0.9, 0.18, 0.45, ident.skin) for row in blobs[4:]
                      if row[0] < config.occlusion_prob * d]
+    jitter = config.appearance_jitter * d
+    img.appearance = [jitter * normal() for _ in range(9)] + [draw() < 0.25 * min(jitter, 1.0)]
     return img, rng
+
+
+def appearance(ident: SimpleNamespace, img: SimpleNamespace) -> SimpleNamespace:
+    """The identity as seen in one image: small drift of its geometry and colours, and long hair
+    sometimes tied back. Nothing that defines a CelebA label changes (the face aspect ratio, the
+    size classes and the hair style flags are kept), so labels stay identity-level."""
+    z = img.appearance
+    if not any(z):
+        return ident
+    face = SimpleNamespace(**vars(ident))
+    scale = 1.0 + 0.03 * z[0]
+    face.face_width, face.face_height = ident.face_width * scale, ident.face_height * scale
+    face.eye_dx = ident.eye_dx + 0.012 * z[1]
+    face.eye_v = ident.eye_v + 0.015 * z[2]
+    face.brow_gap = ident.brow_gap + 0.01 * z[3]
+    face.nose_v = ident.nose_v + 0.012 * z[4]
+    face.mouth_v = ident.mouth_v + 0.015 * z[4] + 0.01 * z[5]
+    face.mouth_width = ident.mouth_width * (1.0 + 0.05 * z[5])
+    face.skin = np.clip(ident.skin * (1.0 + 0.04 * z[6]), 0.0, 1.0)
+    face.hair_colour = np.clip(ident.hair_colour * (1.0 + 0.06 * z[7]), 0.0, 1.0)
+    face.hair_volume = max(ident.hair_volume + 0.03 * z[8], 0.0)
+    face.hairline = (ident.hairline[0] + 0.02 * z[8],) + ident.hairline[1:]
+    if z[9] and ident.hair_length > 0:
+        face.hair_length = ident.hair_length - 1
+    return face
 
 
 def _blob(row: np.ndarray, reach: float, small: float, large: float, skin: np.ndarray | None) -> tuple:
@@ -380,7 +408,7 @@ class SyntheticFaces:
         ident = self._identity(local)
         img, rng = sample_image(self.config, ident, k)
         canvas = Canvas(self.config.image_size)
-        draw_face(canvas, ident, img)
+        draw_face(canvas, appearance(ident, img), img)
         canvas.add_noise(rng, img.noise_std)
         return canvas.to_uint8()
 

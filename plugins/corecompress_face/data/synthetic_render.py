@@ -402,13 +402,13 @@ def draw_face(canvas: Canvas, ident, img) -> None:
         canvas.region(face_u, 0.0, fw, fh, ident.stubble_colour, taper=ident.jaw_taper,
                       cut=(ident.nose_v + 0.14, 0, -0.12, 0, 0, 0), keep_below=True, opacity=0.28)
     if ident.high_cheekbones:
-        for side in (-1.0, 1.0):
-            u, sq = place(side * 0.58 * fw, 0.7)
-            canvas.band(u, ident.nose_v + 0.02, 0.2, 0.02, 0.022, skin * 0.78, phi=side * 0.9,
-                        squash=sq, opacity=0.55)
-            u, sq = place(side * 0.5 * fw, 0.75)
-            canvas.ellipse(u, ident.nose_v - 0.1, 0.16, 0.07, np.minimum(skin * 1.12, 1.0),
+        for side in (-1.0, 1.0):  # hollow under the cheekbone, highlight on it
+            u, sq = place(side * 0.62 * fw, 0.6)
+            canvas.ellipse(u, ident.nose_v + 0.12, 0.2, 0.055, skin * 0.8, phi=side * 0.45,
                            squash=sq, opacity=0.5)
+            u, sq = place(side * 0.55 * fw, 0.7)
+            canvas.ellipse(u, ident.nose_v - 0.04, 0.17, 0.075, np.minimum(skin * 1.1, 1.0),
+                           phi=side * 0.3, squash=sq, opacity=0.45)
     if ident.rosy_cheeks:
         for side in (-1.0, 1.0):
             u, sq = place(side * 0.5 * fw, 0.75)
@@ -447,9 +447,9 @@ def draw_face(canvas: Canvas, ident, img) -> None:
     narrow = 0.7 if ident.pointy_nose else 1.0
     for side in (-1.0, 1.0):
         u, bsq = place(side * 0.055 * ns * narrow, 1.0)
-        canvas.band(u, (ident.eye_v + nv) * 0.5 + 0.02, (nv - ident.eye_v) * 0.45, 0.0, 0.012,
+        canvas.band(u, (ident.eye_v + nv) * 0.5 + 0.05, (nv - ident.eye_v) * 0.4, 0.0, 0.012,
                     skin * 0.8, phi=math.pi / 2 - side * (0.12 if ident.pointy_nose else 0.0),
-                    squash=bsq, opacity=0.5)
+                    squash=bsq, opacity=0.35)
         canvas.ellipse(tip_u + side * 0.075 * ns * narrow * sq, nv + 0.005, 0.05 * ns * narrow,
                        0.045 * ns, skin * 0.9, squash=sq)
     canvas.ellipse(tip_u, nv - 0.01 * (2.0 if ident.pointy_nose else 1.0), 0.055 * ns * narrow,

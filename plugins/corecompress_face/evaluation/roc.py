@@ -226,7 +226,10 @@ def _triu_pairs_from_linear(index: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     Row i starts at offset i*(2n - i - 1)/2; the float estimate of i is corrected by one integer step.
     """
     index = np.asarray(index, dtype=np.int64)
-    row_start = lambda i: i * (2 * n - i - 1) // 2  # noqa: E731 - tiny local formula
+
+    def row_start(row: np.ndarray) -> np.ndarray:
+        return row * (2 * n - row - 1) // 2
+
     i = np.floor((2 * n - 1 - np.sqrt((2 * n - 1) ** 2 - 8.0 * index)) / 2).astype(np.int64)
     i = np.clip(i, 0, n - 2)
     i = np.where(row_start(i) > index, i - 1, i)
@@ -253,7 +256,10 @@ def all_pairs(
     n_total = n * (n - 1) // 2
     if max_impostor_pairs is not None and max_impostor_pairs < 0:
         raise ValueError("max_impostor_pairs must be >= 0")
-    if max_impostor_pairs is None or n_total <= 4 * max_impostor_pairs:
+    class_sizes = np.unique(labels, return_counts=True)[1].astype(np.int64)
+    n_impostor = n_total - int(np.sum(class_sizes * (class_sizes - 1) // 2))
+    # sample by rejection only where impostors are plentiful (>= 1/4 of all pairs, so it terminates fast)
+    if max_impostor_pairs is None or n_total <= 4 * max_impostor_pairs or 4 * n_impostor < n_total:
         i, j = np.triu_indices(n, k=1)
         genuine = labels[i] == labels[j]
         if max_impostor_pairs is not None and int((~genuine).sum()) > max_impostor_pairs:

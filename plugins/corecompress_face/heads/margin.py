@@ -141,7 +141,10 @@ class ArcFaceHead(CombinedMarginHead):
 
 
 class CosFaceHead(CombinedMarginHead):
-    """CosFace: s·(cos θ − m) for the target; m = 0.35 (CosFace paper, AdaDistill; insightface's configs use 0.4)."""
+    """CosFace: s·(cos θ − m) for the target.
+
+    Default m = 0.35 (CosFace paper and AdaDistill); insightface's arcface_torch configs use 0.4.
+    """
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.35,
                  init_weight: Tensor | None = None, init_weight_layout: str = "auto") -> None:

@@ -236,7 +236,10 @@ def read_tfjs_weights(manifest_path: str | Path) -> dict[str, np.ndarray]:
         offset = 0
         for spec in specs:
             array, offset = _decode_tensor(spec, data, offset, manifest)
-            weights[str(spec.get("name"))] = array
+            name = str(spec.get("name"))
+            if name in weights:
+                raise DataFormatError(f"{manifest}: weight {name!r} appears twice")
+            weights[name] = array
         if offset != len(data):
             raise DataFormatError(f"{manifest}: weight files hold {len(data)} bytes but the manifest "
                                   f"describes {offset}")
@@ -334,6 +337,7 @@ def preprocess_grey64(images: np.ndarray | Tensor, size: int = DLIB_INPUT_SIZE,
         x = torch.from_numpy(_resize_pil_bilinear(array, size).astype(np.float32)).unsqueeze(1)
     else:
         x = torch.from_numpy(array.astype(np.float32)).unsqueeze(1)
-        kwargs: dict[str, Any] = {} if mode in ("nearest", "area", "nearest-exact") else {"align_corners": False}
+        corner_free = mode in ("nearest", "area", "nearest-exact")
+        kwargs: dict[str, Any] = {} if corner_free else {"align_corners": False}
         x = F.interpolate(x, size=(size, size), mode=mode, **kwargs).clamp_(0.0, 255.0)
     return x.expand(-1, 3, -1, -1).contiguous()

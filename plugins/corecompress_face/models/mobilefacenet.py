@@ -20,7 +20,8 @@ literature, not insightface's wider "mbf" with scale 2):
 A bottleneck = conv1×1 expand (t×) → depthwise 3×3 (stride s) → linear conv1×1 project, each with BN,
 PReLU after the first two; stride-1 repeats add a residual. Measured at 112×112 with the default
 512-d embedding: 1.2005 M parameters (incl. BN/PReLU), 0.2212 GMACs (FlopCounterMode, FLOPs/2),
-matching the spec's 1.20 M / 0.22 G; with a 128-d output 1.003 M / 0.2210 G (the paper: 0.99 M, 221 M). Attribute names follow the widely used PyTorch port of this network
+matching the spec's 1.20 M / 0.22 G; with a 128-d output 1.003 M / 0.2210 G (the paper: 0.99 M,
+221 M). Attribute names follow the widely used PyTorch port of this network
 (``conv1``, ``conv2_dw``, ``conv_23``, ``conv_3``, ``conv_34``, ``conv_4``, ``conv_45``, ``conv_5``,
 ``conv_6_sep``, ``conv_6_dw``, ``linear``, ``bn``) so that such checkpoints map by name.
 """

@@ -64,7 +64,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 class TimmFaceBackbone(nn.Module):
-    """timm model (``num_classes=0``, pooled features) + embedding head ``fc`` (Linear) → ``features`` (BN1d).
+    """A timm model's pooled features (``num_classes=0``) → ``fc`` (Linear) → ``features`` (BatchNorm1d).
 
     ``img_size`` is passed to timm where the architecture accepts it (ViT, DeiT, Swin …); CNNs take
     any size. ``pretrained_path``: a local ``.safetensors`` / ``.pt``/``.pth`` file holding either a
