@@ -41,7 +41,8 @@ class PrunableGroup:
     - ``gather_inputs``: Linear modules whose *input* features are these units while the producer is
       not pruned (FACES: LayerNorm over all C feeds a sliced qkv) — physical removal makes them
       gather the kept features first.
-    - ``attributes``: (module path, attribute) pairs set to the number of kept units (``num_heads``).
+    - ``attributes``: (module path, attribute[, per-unit size]) set to kept units × size after physical
+      removal (``num_heads``; timm's ``attn_dim`` = heads × head_dim).
     - ``scale``: the per-unit normalisation scale (LayerNorm/BatchNorm γ) for norm-scale importances.
     - ``block``: the block the group belongs to (local ranking, per-block floors).
     """
@@ -53,7 +54,7 @@ class PrunableGroup:
     block: str = ""
     scale: str | None = None
     gather_inputs: tuple[str, ...] = ()
-    attributes: tuple[tuple[str, str], ...] = ()
+    attributes: tuple[tuple, ...] = ()
     min_keep: int = 1
     meta: dict = field(default_factory=dict, hash=False, compare=False)
 

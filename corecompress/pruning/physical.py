@@ -80,8 +80,8 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
             t = getattr(model.get_submodule(path) if path else model, attr)
             index = sl.indices(keep).to(t.device)
             _set_tensor(model, sl.tensor, t.index_select(sl.dim, index).contiguous())
-        for path, attr in g.attributes:
-            setattr(model.get_submodule(path), attr, len(keep))
+        for path, attr, *per_unit in g.attributes:
+            setattr(model.get_submodule(path), attr, len(keep) * (per_unit[0] if per_unit else 1))
     _fix_sizes(model)
     return model
 

@@ -17,6 +17,7 @@ See docs/synthetic_faces.md for what is rendered, the unlabelled attributes and 
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -53,16 +54,16 @@ class SyntheticFaceConfig:
     difficulty: float = 1.0
     identity_offset: int = 0
     rotation_deg: float = 8.0  # std of in-plane rotation, degrees
-    yaw: float = 0.45  # largest |yaw|, radians
+    yaw: float = 0.6  # largest |yaw|, radians
     scale_jitter: float = 0.08  # std of log face scale
     shift: float = 0.035  # std of translation, fraction of the image side
     lighting: float = 0.7  # largest directional lighting ramp across the image
     colour_jitter: float = 0.1  # std of brightness / contrast / colour cast
     expression: float = 1.0  # brow raise, gaze and squint strength
     appearance_jitter: float = 1.0  # per-image drift of identity geometry/colours, tied-back hair
-    occlusion_prob: float = 0.3  # chance of each of up to two occluders
+    occlusion_prob: float = 0.35  # chance of each of up to two occluders
     clutter: float = 1.0  # background clutter (number and opacity of shapes)
-    noise_std: float = 0.04  # largest sensor-noise std (image in [0, 1])
+    noise_std: float = 0.05  # largest sensor-noise std (image in [0, 1])
     blur_prob: float = 0.08  # chance of a strongly blurred (Blurry) image
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
     draw = iter(np.random.default_rng([seed, 1, identity]).random(80).tolist()).__next__
     male = draw() < 0.42
     young = draw() < 0.78
-    tone = draw() ** 1.2
+    pale = draw() < 0.06
+    tone = 0.04 * draw() if pale else 0.12 + 0.88 * draw() ** 1.2
     position = tone * (len(_SKIN_TONES) - 1)
     low = min(int(position), len(_SKIN_TONES) - 2)
     skin = _SKIN_TONES[low] + (position - low) * (_SKIN_TONES[low + 1] - _SKIN_TONES[low])
@@ -178,7 +180,7 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
     glasses_habit = draw() < 0.08
     sunglasses = draw() < 0.15
     ident = SimpleNamespace(
-        identity=identity, male=male, young=young, pale=tone < 0.09, skin=skin.astype(np.float32),
+        identity=identity, male=male, young=young, pale=pale, skin=skin.astype(np.float32),
         chubby=chubby, oval=oval, face_width=face_width, face_height=face_width * ratio,
         jaw_taper=jaw_taper, double_chin=double_chin,
         narrow_eyes=narrow_eyes, eye_width=eye_width, eye_height=eye_height,
@@ -292,7 +294,7 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
     img.tie = blobs[2, 8:11].astype(np.float32) * 0.8
     img.clutter = [_blob(row, 2.3, 0.25, 0.9, None) for row in blobs[:4]
                    if row[0] < 0.5 * config.clutter * d]
-    img.occluders = [_blob(row, 0.9, 0.18, 0.45, ident.skin) for row in blobs[4:]
+    img.occluders = [_blob(row, 0.9, 0.2, 0.55, ident.skin) for row in blobs[4:]
                      if row[0] < config.occlusion_prob * d]
     jitter = config.appearance_jitter * d
     img.appearance = [jitter * normal() for _ in range(9)] + [draw() < 0.25 * min(jitter, 1.0)]
@@ -307,18 +309,18 @@ def appearance(ident: SimpleNamespace, img: SimpleNamespace) -> SimpleNamespace:
     if not any(z):
         return ident
     face = SimpleNamespace(**vars(ident))
-    scale = 1.0 + 0.03 * z[0]
+    scale = 1.0 + 0.04 * z[0]
     face.face_width, face.face_height = ident.face_width * scale, ident.face_height * scale
-    face.eye_dx = ident.eye_dx + 0.012 * z[1]
-    face.eye_v = ident.eye_v + 0.015 * z[2]
-    face.brow_gap = ident.brow_gap + 0.01 * z[3]
-    face.nose_v = ident.nose_v + 0.012 * z[4]
-    face.mouth_v = ident.mouth_v + 0.015 * z[4] + 0.01 * z[5]
-    face.mouth_width = ident.mouth_width * (1.0 + 0.05 * z[5])
-    face.skin = np.clip(ident.skin * (1.0 + 0.04 * z[6]), 0.0, 1.0)
-    face.hair_colour = np.clip(ident.hair_colour * (1.0 + 0.06 * z[7]), 0.0, 1.0)
-    face.hair_volume = max(ident.hair_volume + 0.03 * z[8], 0.0)
-    face.hairline = (ident.hairline[0] + 0.02 * z[8],) + ident.hairline[1:]
+    face.eye_dx = ident.eye_dx + 0.018 * z[1]
+    face.eye_v = ident.eye_v + 0.02 * z[2]
+    face.brow_gap = ident.brow_gap + 0.015 * z[3]
+    face.nose_v = ident.nose_v + 0.018 * z[4]
+    face.mouth_v = ident.mouth_v + 0.018 * z[4] + 0.015 * z[5]
+    face.mouth_width = ident.mouth_width * (1.0 + 0.07 * z[5])
+    face.skin = np.clip(ident.skin * (1.0 + 0.06 * z[6]), 0.0, 1.0)
+    face.hair_colour = np.clip(ident.hair_colour * (1.0 + 0.1 * z[7]), 0.0, 1.0)
+    face.hair_volume = max(ident.hair_volume + 0.04 * z[8], 0.0)
+    face.hairline = (ident.hairline[0] + 0.03 * z[8],) + ident.hairline[1:]
     if z[9] and ident.hair_length > 0:
         face.hair_length = ident.hair_length - 1
     return face
@@ -376,8 +378,9 @@ class SyntheticFaces:
 
     _CACHE_LIMIT = 4096
 
-    def __init__(self, config: SyntheticFaceConfig | None = None) -> None:
-        self.config = config if config is not None else SyntheticFaceConfig()
+    def __init__(self, config: SyntheticFaceConfig | None = None, **overrides) -> None:
+        """``overrides`` replace fields of ``config`` (or of the default configuration)."""
+        self.config = dataclasses.replace(config if config is not None else SyntheticFaceConfig(), **overrides)
         self._identities: dict[int, SimpleNamespace] = {}
         self._attributes: np.ndarray | None = None
 
