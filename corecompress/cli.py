@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_options)
+    from corecompress.compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 

@@ -48,7 +48,7 @@ def format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def _key_labels(keys: list[str]) -> dict[str, str]:
+def key_labels(keys: list[str]) -> dict[str, str]:
     """Short readable labels for matrix keys: the last part (the one before for ``.name``), or the full key if ambiguous."""
     def short(key: str) -> str:
         parts = key.split(".")
@@ -87,7 +87,7 @@ def plan_runs(raw: dict[str, Any], recipe: Any, registry: Any, out_dir: Path) ->
     from corecompress.recipe import expand_matrix, validate_recipe
 
     cells = expand_matrix(raw) if recipe.matrix else [({}, {k: v for k, v in raw.items() if k != "matrix"})]
-    labels = _key_labels(list(recipe.matrix))
+    labels = key_labels(list(recipe.matrix))
     seeds = list(recipe.seeds) or [recipe.seed]
     runs, seen = [], set()
     for assignments, cell in cells:

@@ -152,10 +152,10 @@ def group_by_cell(results: list[RunResult]) -> dict[str, list[RunResult]]:
 
 def results_markdown(results: list[RunResult], title: str) -> str:
     """A table per cell: assignments, n, then mean ± std of the key metrics after pruning."""
-    from corecompress.compare import _key_labels, format_value
+    from corecompress.compare import format_value, key_labels
 
     assignment_keys = _ordered_union(r.assignments for r in results)
-    labels = _key_labels(assignment_keys)
+    labels = key_labels(assignment_keys)
     after = key_metrics(results)
     shorts = _short_names(after)
     columns: list[tuple[str, str]] = []  # (metric key, header)
@@ -206,12 +206,13 @@ def choose_metric(results: list[RunResult], requested: str | None) -> str | None
 
 
 def _line_label(assignments: dict[str, Any], x_keys: set[str]) -> str:
-    from corecompress.compare import format_value
+    from corecompress.compare import format_value, key_labels
 
     rest = {k: v for k, v in assignments.items() if k not in x_keys}
     if len(rest) == 1:
         return format_value(next(iter(rest.values())))
-    return ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in rest.items()) or "runs"
+    labels = key_labels(list(rest))
+    return ", ".join(f"{labels[k]}={format_value(v)}" for k, v in rest.items()) or "all runs"
 
 
 def _plot(path: Path, results: list[RunResult], metric: str, x_of: Callable[[RunResult, str], float | None],

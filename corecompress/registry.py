@@ -94,10 +94,8 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str)
                  description: str = "", needs: tuple[str, ...] | frozenset[str] = ()) -> None:
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"plugin '{plugin}': options of {kind} '{name}' must be a dataclass")
-        doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
+        summary = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
         registry.add(Component(kind=kind, name=name, factory=factory, options=options, plugin=plugin,
-                               distribution=distribution,
-                               description=doc if isinstance(doc, str) else (doc[0] if doc else ""),
-                               needs=frozenset(needs)))
+                               distribution=distribution, description=summary, needs=frozenset(needs)))
 
     return register

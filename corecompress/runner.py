@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from corecompress.context import RunContext
 from corecompress.errors import UserError
@@ -52,11 +53,16 @@ def build(ctx: RunContext) -> None:
 
 def train_stage(ctx: RunContext) -> Any:
     result = train(ctx, ctx.recipe.train, ctx.model, "train") if ctx.recipe.train else None
+    header = ctx.state.get("header")                        # a margin head trained with the model
+    if result is not None and isinstance(header, torch.nn.Module) and hasattr(header, "weight"):
+        save_file({"weight": header.weight.detach().contiguous().cpu()}, str(ctx.out_dir / "header.safetensors"))
     teacher = ctx.recipe.teacher
     if teacher is not None and teacher.model is None:      # teacher = the model before pruning
         ctx.teacher = _freeze(copy.deepcopy(ctx.model))
         if teacher.weights:
             load_weights_file(ctx.teacher, teacher.weights)
+        if isinstance(header, torch.nn.Module):            # its trained classifier, for ArcDistill & co.
+            ctx.state["teacher_header"] = header.weight.detach().clone()
     if result is not None:
         ctx.metrics["train"] = {"seconds": result.seconds, "final_loss": result.final_loss,
                                 "history": result.history}

@@ -89,11 +89,11 @@ def test_taylor_cross_entropy_variants_average_over_batches(variant):
 
 
 def test_taylor_group_sum_cancels_where_sum_abs_does_not():
-    batches = [batch([[1, 0, 1], [0, 1, 1]], [0, 1])]
+    batches = [batch([[2, 2, 1], [-2, 1, 2]], [1, 1])]
     ctx = fake_context(batches=batches, num_classes=2)
     group = TaylorImportance(TaylorOptions(variant="group_abs_sum", loss="ce")).score(OneLayer(W), [ROWS], ctx)["rows"]
     summed = TaylorImportance(TaylorOptions(variant="sum_abs", loss="ce")).score(OneLayer(W), [ROWS], ctx)["rows"]
-    assert (group < summed - 1e-4).any()           # opposite-signed contributions cancel in |Σ w·g|
+    assert (group < summed - 0.1).all()            # opposite-signed contributions cancel in |Σ w·g|
 
 
 def test_taylor_leaves_model_state_untouched():
@@ -232,8 +232,10 @@ def test_vit_slim_restores_the_model_bit_identically(weight_lr):
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_vit_slim_drives_dead_units_down_first():
-    """Units whose weights are zero get no task gradient: only the L1 budget moves their masks."""
+def test_vit_slim_drives_dead_units_down_at_the_budget_rate():
+    """Units whose weights are zero get no task gradient: only the L1 budget moves their masks, so Adam
+    lowers them by exactly lr per step (1 − 30·0.02 = 0.4), the fastest any mask can fall; units the
+    task needs fall slower or rise."""
     torch.manual_seed(0)
     model = TinyViT(num_outputs=5).eval()
     dead = torch.tensor([3, 17, 40, 60])
@@ -245,7 +247,7 @@ def test_vit_slim_drives_dead_units_down_first():
     groups = model.prunable_groups(("neurons",))
     scores = ViTSlimImportance(ViTSlimOptions(search_steps=30, lr=0.02, l1=1e-3)).score(model, groups, fake_context())
     hidden = scores["blocks.0.mlp_hidden"]
-    alive = torch.ones(64, dtype=torch.bool)
-    alive[dead] = False
-    assert hidden[dead].max() < hidden[alive].min()
-    assert hidden[dead].max() < 0.6                         # 30 Adam steps of 0.02 against the budget alone
+    assert torch.allclose(hidden[dead], torch.full((4,), 0.4), atol=1e-4)
+    lowest = set(torch.argsort(hidden)[:8].tolist())
+    assert set(dead.tolist()) <= lowest                      # among the 8 lowest of 64
+    assert hidden.median() > 0.5

@@ -89,14 +89,18 @@ def layer_positions(model: nn.Module, batch: dict[str, Any]) -> dict[str, float]
     """Per Linear/Conv module, how many output positions (tokens, pixels) one sample makes it compute."""
     samples = int(batch["image"].shape[0])
     found: dict[str, float] = {}
+
+    def counter(name: str, width: int) -> Any:
+        def hook(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            found[name] = found.get(name, 0.0) + out.numel() / (width * samples)
+        return hook
+
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, name=name: found.__setitem__(name, found.get(name, 0.0) + out.numel() / (m.out_features * samples))))
+            handles.append(module.register_forward_hook(counter(name, module.out_features)))
         elif isinstance(module, nn.modules.conv._ConvNd):
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, name=name: found.__setitem__(name, found.get(name, 0.0) + out.numel() / (m.out_channels * samples))))
+            handles.append(module.register_forward_hook(counter(name, module.out_channels)))
     try:
         with scoring_mode(model), torch.no_grad():
             forward(model, batch)

@@ -22,7 +22,8 @@ The run's training objective (a margin head, a distillation loss, ...) is not av
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,18 @@ def calibration(context: Any) -> list[dict[str, Any]]:
 
 def context_log(context: Any) -> logging.Logger:
     return getattr(context, "log", None) or log
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside; afterwards every submodule's own train/eval flag as it was."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -82,13 +95,8 @@ class Objective:
         if index not in self._teacher_cache:
             if self.teacher is None:
                 raise UserError("loss teacher_cosine needs a teacher (recipe 'teacher:'); use loss: random_projection")
-            was_training = self.teacher.training
-            self.teacher.eval()
-            try:
-                with torch.no_grad():
-                    self._teacher_cache[index] = forward(self.teacher, batch).detach()
-            finally:
-                self.teacher.train(was_training)
+            with eval_mode(self.teacher), torch.no_grad():
+                self._teacher_cache[index] = forward(self.teacher, batch).detach()
         return self._teacher_cache[index]
 
     def __call__(self, outputs: torch.Tensor, batch: dict[str, Any], index: int) -> torch.Tensor:
@@ -134,25 +142,15 @@ def make_objective(name: str, model: torch.nn.Module, context: Any, batches: lis
 
 
 def _own_outputs(model: torch.nn.Module, batches: list[dict[str, Any]]) -> dict[int, torch.Tensor]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return {i: forward(model, b).detach() for i, b in enumerate(batches)}
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return {i: forward(model, b).detach() for i, b in enumerate(batches)}
 
 
 def _auto(model: torch.nn.Module, context: Any, batches: list[dict[str, Any]],
           teacher: torch.nn.Module | None, self_teacher: bool) -> str:
     num_classes = getattr(getattr(context, "data", None), "num_classes", None)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = forward(model, batches[0])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = forward(model, batches[0])
     if num_classes is not None and out.shape[1] == int(num_classes):
         return "ce"
     if teacher is not None and self_teacher:

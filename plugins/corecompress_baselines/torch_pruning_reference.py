@@ -15,6 +15,7 @@ The library is imported lazily, inside the functions; absent, a one-line UserErr
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,8 @@ def torch_pruning_prune(model: nn.Module, example_input: torch.Tensor, ratio: fl
       i.e. heads and MLP neurons — what corecompress's ``heads``/``neurons`` targets remove. With
       ``residual=True`` the embedding width is pruned too (on timm's Swin this breaks PatchMerging).
       Models without attention modules: every layer but the output layer may be pruned.
-    - ``heads``: remove whole heads (``head_ratio``, default ``ratio``) and update ``num_heads``.
+    - ``heads``: remove whole heads (``head_ratio``, default ``ratio``); ``num_heads`` is set from the
+      pruned qkv tensor. On timm's Swin, Torch-Pruning 1.6.1 removes no head (a warning says so).
     The output layer (the last Linear/Conv) is never pruned, so the output width stays.
     """
     tp = import_torch_pruning()
@@ -73,11 +75,19 @@ def torch_pruning_prune(model: nn.Module, example_input: torch.Tensor, ratio: fl
     pruner = tp.pruner.BasePruner(model, example_input, importance=tp.importance.GroupMagnitudeImportance(p=p),
                                   pruning_ratio=ratio, global_pruning=global_pruning, ignored_layers=ignored,
                                   round_to=round_to, **head_kwargs)
+    head_dims = {a: a.qkv.out_features // (3 * a.num_heads) for a in attention}
     pruner.step()
-    for a in attention:
-        a.num_heads = int(pruner.num_heads.get(a.qkv, a.num_heads))
+    untouched = 0
+    for a, head_dim in head_dims.items():
+        # trust the tensors, not the pruner's bookkeeping: on timm's Swin, Torch-Pruning 1.6.1 halves
+        # its num_heads record while leaving qkv/proj unpruned
+        kept = a.qkv.out_features // (3 * head_dim)
+        untouched += kept == a.num_heads
+        a.num_heads = kept
         if hasattr(a, "head_dim"):
-            a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+            a.head_dim = head_dim
+    if heads and untouched:
+        warnings.warn(f"Torch-Pruning removed no head in {untouched} of {len(attention)} attention modules")
     return model
 
 

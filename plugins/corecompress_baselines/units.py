@@ -14,7 +14,7 @@ from torch import nn
 
 from corecompress.pruning.groups import PrunableGroup, Slice
 
-from corecompress_baselines.objective import Objective, forward
+from corecompress_baselines.objective import Objective, eval_mode, forward
 
 
 def unit_view(tensor: torch.Tensor, sl: Slice, size: int) -> torch.Tensor:
@@ -41,18 +41,15 @@ def unit_parameter_count(model: nn.Module, group: PrunableGroup) -> torch.Tensor
 def scoring_mode(model: nn.Module, trainable: set[nn.Parameter] | None = None) -> Iterator[None]:
     """Eval mode, ``requires_grad`` only on ``trainable``; afterwards every module's mode, every
     parameter's ``requires_grad`` and ``.grad`` are exactly what they were (nothing in the model changes)."""
-    modes = {m: m.training for m in model.modules()}
     flags = {p: (p.requires_grad, p.grad) for p in model.parameters()}
     keep = trainable or set()
     try:
-        model.eval()
-        for p in flags:
-            p.requires_grad_(p in keep)
-            p.grad = None
-        yield
+        with eval_mode(model):
+            for p in flags:
+                p.requires_grad_(p in keep)
+                p.grad = None
+            yield
     finally:
-        for m, training in modes.items():
-            m.training = training
         for p, (flag, grad) in flags.items():
             p.requires_grad_(flag)
             p.grad = grad

@@ -114,7 +114,7 @@ class ViTSlimImportance:
                 for m in masks.values():
                     m.grad = None
         finally:
-            detach_gates(searched, attached)
+            detach_gates(searched, attached, check=searched is model)
         return {name: m.detach().abs().float().cpu() for name, m in masks.items()}
 
 
@@ -137,11 +137,13 @@ def attach_gates(model: nn.Module, groups: list[PrunableGroup], masks: dict[str,
     return [(m, a, p, p._version) for m, a, p in attached.values()]
 
 
-def detach_gates(model: nn.Module, attached: list[tuple[nn.Module, str, nn.Parameter, int | None]]) -> None:
-    """Remove the gates and check the original parameters are back, unmodified since the gates were attached."""
+def detach_gates(model: nn.Module, attached: list[tuple[nn.Module, str, nn.Parameter, int | None]],
+                 check: bool = True) -> None:
+    """Remove the gates; with ``check``, raise unless the original parameters are back, unmodified
+    since the gates were attached (``check=False`` for the throw-away copy trained with ``weight_lr``)."""
     for module, attr, original, version in attached:
         if parametrize.is_parametrized(module, attr):
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
         current = getattr(module, attr)
-        if current is not original or (version is not None and original._version != version):
+        if check and (current is not original or (version is not None and original._version != version)):
             raise RuntimeError(f"vit_slim: {attr} of {type(module).__name__} was not restored unchanged after the search")

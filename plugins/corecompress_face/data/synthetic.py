@@ -114,7 +114,7 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
     Binary traits are decided first and the geometry is then drawn from disjoint ranges for the
     two outcomes (e.g. a big nose is 25-45 % larger), so every labelled attribute is visibly drawn.
     """
-    draw = iter(np.random.default_rng([seed, 1, identity]).random(80).tolist()).__next__
+    draw = iter(np.random.default_rng([seed, 1, identity]).random(96).tolist()).__next__  # <= 67 used
     male = draw() < 0.42
     young = draw() < 0.78
     pale = draw() < 0.06
@@ -150,7 +150,10 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
     receding = male and not bald and draw() < (0.1 if young else 0.35)
     bangs = not bald and not receding and draw() < (0.08 if male else 0.3)
     length_u = draw()
-    hair_length = 0 if bald else (int(length_u < 0.12) if male else (2 if length_u < 0.6 else int(length_u < 0.85)))
+    if male:  # 0 short, 1 medium, 2 long
+        hair_length = 0 if bald else int(length_u < 0.12)
+    else:
+        hair_length = 2 if length_u < 0.6 else int(length_u < 0.85)
     texture_u = draw()
     texture = "straight" if texture_u < 0.45 else ("wavy" if texture_u < 0.8 else "other")
     if bald:
@@ -332,7 +335,8 @@ def _blob(row: np.ndarray, reach: float, small: float, large: float, skin: np.nd
     colour = row[8:11].astype(np.float32)
     if skin is not None and kind == 0:  # a hand-like skin blob
         colour = (skin * _between(0.85, 1.05, row[8])).astype(np.float32)
-    return (kind, (row[2] * 2.0 - 1.0) * reach, (row[3] * 2.0 - 1.0) * reach + (0.2 if skin is not None else 0.0),
+    below = 0.2 if skin is not None else 0.0  # occluders sit a little low, over the face
+    return (kind, (row[2] * 2.0 - 1.0) * reach, (row[3] * 2.0 - 1.0) * reach + below,
             _between(small, large, row[4]), _between(small, large, row[5]), row[6] * math.pi, colour,
             _between(0.6, 1.0, row[7]) if skin is None else 1.0)
 
@@ -380,7 +384,8 @@ class SyntheticFaces:
 
     def __init__(self, config: SyntheticFaceConfig | None = None, **overrides) -> None:
         """``overrides`` replace fields of ``config`` (or of the default configuration)."""
-        self.config = dataclasses.replace(config if config is not None else SyntheticFaceConfig(), **overrides)
+        base = config if config is not None else SyntheticFaceConfig()
+        self.config = dataclasses.replace(base, **overrides)
         self._identities: dict[int, SimpleNamespace] = {}
         self._attributes: np.ndarray | None = None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -69,8 +70,9 @@ class Canvas:
             ay, by, oy = a2 / sy, b2 / sy, c2 / sy
         else:
             cp, sp = math.cos(phi), math.sin(phi)
-            ax, bx, ox = (cp * k * a1 + sp * a2) / sx, (cp * k * b1 + sp * b2) / sx, (cp * k * c1 + sp * c2) / sx
-            ay, by, oy = (cp * a2 - sp * k * a1) / sy, (cp * b2 - sp * k * b1) / sy, (cp * c2 - sp * k * c1) / sy
+            ck, sk = cp * k, sp * k
+            ax, bx, ox = (ck * a1 + sp * a2) / sx, (ck * b1 + sp * b2) / sx, (ck * c1 + sp * c2) / sx
+            ay, by, oy = (cp * a2 - sk * a1) / sy, (cp * b2 - sk * b1) / sy, (cp * c2 - sk * c1) / sy
         xs = self._pixel_centres[x0:x1]
         ys = self._pixel_centres[y0:y1, None]
         lx = ax * xs
@@ -337,7 +339,7 @@ def gaussian_taps(sigma: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- face composition
-def draw_face(canvas: Canvas, ident, img) -> None:
+def draw_face(canvas: Canvas, ident: SimpleNamespace, img: SimpleNamespace) -> None:
     """Compose one face from identity parameters ``ident`` and image parameters ``img``.
 
     Both are namespaces produced by ``synthetic.sample_identity`` / ``synthetic.sample_image``;
@@ -494,7 +496,7 @@ def draw_face(canvas: Canvas, ident, img) -> None:
             u, _ = place(side * fw * 0.97, -0.05)
             canvas.ellipse(u, ear_v + 0.24, 0.04, 0.05, ident.metal)
     if img.glasses:
-        _draw_glasses(canvas, ident, img, place, eye_open)
+        _draw_glasses(canvas, ident, place)
     for shape in img.occluders:
         _draw_blob(canvas, shape)
 
@@ -509,7 +511,8 @@ MOUTH_INSIDE = np.array([0.3, 0.08, 0.09], np.float32)
 TEETH = np.array([0.95, 0.93, 0.88], np.float32)
 
 
-def _draw_mouth(canvas: Canvas, ident, img, mouth_u: float, squash: float) -> None:
+def _draw_mouth(canvas: Canvas, ident: SimpleNamespace, img: SimpleNamespace, mouth_u: float,
+                squash: float) -> None:
     width = ident.mouth_width * (1.0 + 0.18 * img.smile)
     curvature = 0.012 - 0.1 * img.smile
     opening = img.mouth_open
@@ -528,7 +531,7 @@ def _draw_mouth(canvas: Canvas, ident, img, mouth_u: float, squash: float) -> No
                 ident.lower_lip, ident.lip_colour, squash=squash)
 
 
-def _draw_hat(canvas: Canvas, ident, img, hair_u: float) -> None:
+def _draw_hat(canvas: Canvas, ident: SimpleNamespace, img: SimpleNamespace, hair_u: float) -> None:
     fw = ident.face_width
     brim_v = ident.eye_v - 0.55 + 0.04 * img.hat_style
     colour = img.hat_colour
@@ -541,7 +544,7 @@ def _draw_hat(canvas: Canvas, ident, img, hair_u: float) -> None:
         canvas.ellipse(hair_u, brim_v, fw + 0.6, 0.13, colour * 0.85)
 
 
-def _draw_glasses(canvas: Canvas, ident, img, place, eye_open: float) -> None:
+def _draw_glasses(canvas: Canvas, ident: SimpleNamespace, place) -> None:
     a = ident.eye_width * 1.45 + 0.025
     b = max(ident.eye_height * 2.0, 0.12) * ident.lens_aspect
     lens_v = ident.eye_v + 0.01
@@ -558,11 +561,12 @@ def _draw_glasses(canvas: Canvas, ident, img, place, eye_open: float) -> None:
     (left, lsq), (right, rsq) = centres
     inner_left, inner_right = left + a * lsq, right - a * rsq
     if inner_right > inner_left:
-        canvas.band(0.5 * (inner_left + inner_right), lens_v - b * 0.35, 0.5 * (inner_right - inner_left) + 0.01,
+        canvas.band(0.5 * (inner_left + inner_right), lens_v - b * 0.35,
+                    0.5 * (inner_right - inner_left) + 0.01,
                     -0.02, ident.frame_thickness, ident.frame_colour, blunt=True)
 
 
-def _draw_blob(canvas: Canvas, shape) -> None:
+def _draw_blob(canvas: Canvas, shape: tuple) -> None:
     """A clutter or occluder shape: (kind, u, v, a, b, phi, colour, opacity)."""
     kind, u, v, a, b, phi, colour, opacity = shape
     if kind == 0:
