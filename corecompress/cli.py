@@ -1,4 +1,9 @@
-"""The ``corecompress`` command. User mistakes print one line and exit with code 2."""
+"""The ``corecompress`` command.
+
+Exit codes: 0 success; 2 a user mistake (one line ``error: ...``); 1 an operating-system failure
+such as a full disk (one line ``error: ...``; checkpoints already written stay usable);
+130 interrupted by Ctrl-C (training writes a checkpoint first; ``run --resume DIR`` continues).
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +17,9 @@ from corecompress import __version__
 from corecompress.errors import UserError
 
 EXIT_USAGE = 2
+EXIT_OS_ERROR = 1
+EXIT_INTERRUPTED = 130
+ONNX_TOLERANCE = 1e-4
 
 
 def _one_line_warnings() -> None:
@@ -40,16 +48,57 @@ def load_for_recipe(path: str, strict: bool | None = None) -> tuple[dict, Any, A
 
 def cmd_run(args: argparse.Namespace) -> int:
     from corecompress.rundir import default_run_dir
-    from corecompress.runner import run_recipe
+    from corecompress.runner import RunAlreadyComplete, resume_run, run_recipe
 
-    raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
-    if recipe.matrix or recipe.seeds:
-        print("note: this recipe has a matrix/seeds; 'run' executes the base recipe once"
-              " ('corecompress compare' runs every cell)", file=sys.stderr)
-    out = Path(args.out) if args.out else default_run_dir("runs", recipe.name)
-    ctx = run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw)
+    if args.resume:
+        if args.recipe or args.out or args.force:
+            raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
+        out = Path(args.resume)
+        try:
+            ctx = _interruptible(lambda: resume_run(out, strict=args.strict), out)
+        except RunAlreadyComplete as exc:
+            print(f"note: {exc}")
+            return 0
+    else:
+        if not args.recipe:
+            raise UserError("run: name a recipe file, or --resume RUN_DIR")
+        raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
+        if recipe.matrix or recipe.seeds:
+            print("note: this recipe has a matrix/seeds; 'run' executes the base recipe once"
+                  " ('corecompress compare' runs every cell)", file=sys.stderr)
+        out = Path(args.out) if args.out else default_run_dir("runs", recipe.name)
+        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw), out)
     print(f"run complete: {ctx.out_dir}")
     print(f"report: {ctx.out_dir / 'report.md'}")
+    return 0
+
+
+def _interruptible(call: Any, out: Path) -> Any:
+    try:
+        return call()
+    except KeyboardInterrupt as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"interrupted{detail}; continue with: corecompress run --resume {out}", file=sys.stderr)
+        raise _Interrupted() from None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, already reported."""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from corecompress.export import export_model
+
+    path, error = export_model(args.run_dir, args.format, args.out)
+    print(f"exported: {path}")
+    if args.format == "onnx":
+        if error is None:
+            print("onnx check: not run (onnxruntime is not installed)")
+        else:
+            print(f"onnx check: max relative error {error:.2e} against PyTorch (onnxruntime)")
+            if error > ONNX_TOLERANCE:
+                raise UserError(f"{path}: the ONNX model differs from PyTorch (relative error {error:.2e} > "
+                                f"{ONNX_TOLERANCE:g}); an operator is not exported faithfully")
     return 0
 
 
@@ -113,12 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corecompress", description="Compress face-analysis models with recipes.")
     parser.add_argument("--version", action="version", version=f"corecompress {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run a recipe")
-    p.add_argument("recipe")
+    p = sub.add_parser("run", help="run a recipe, or continue an interrupted run (--resume)")
+    p.add_argument("recipe", nargs="?")
     p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("export", help="write a finished run's model as safetensors or ONNX")
+    p.add_argument("run_dir", help="run directory (or its architecture.json / exported .safetensors)")
+    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    p.add_argument("--out", help="file to write (default: model.<ext> in the run directory)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("validate", help="check a recipe without running it")
     p.add_argument("recipe")
     p.add_argument("--strict", action="store_true")
@@ -145,6 +200,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except _Interrupted:
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # not the user's recipe: disk full, permissions, a vanished file system
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return EXIT_OS_ERROR
+
+
+def _os_error_line(exc: OSError) -> str:
+    from corecompress.checkpoint import CheckpointWriteError
+
+    if isinstance(exc, CheckpointWriteError):
+        return str(exc)
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{where}{text}"

@@ -34,6 +34,54 @@ def create_run_dir(path: Path, force: bool = False) -> Path:
     return path
 
 
+def read_status(path: Path) -> dict[str, Any]:
+    """The run directory's ``status.json`` (empty when missing or unreadable)."""
+    try:
+        data = json.loads((path / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class RunLock:
+    """An exclusive advisory lock (``flock``) on a run directory while a process writes into it, so a
+    resume cannot race the run it continues. The kernel drops it when the process dies (even SIGKILL).
+    Where ``fcntl`` is missing (Windows) it does nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Lock ``path`` if it is an existing directory (releasing an earlier lock of this object)."""
+        self.release()
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        if not self.path.is_dir():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"{self.path}: in use by another corecompress process") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

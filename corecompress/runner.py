@@ -1,14 +1,23 @@
 """The runner: one plain function per stage, executed in order; a stage the recipe omits does nothing.
 
 build → train → evaluate_before → score → plan → apply → retrain → evaluate_after → export → report
+
+``resume_run`` continues an interrupted run from its directory: it rebuilds the recipe from
+``recipe.resolved.json``, re-runs the cheap deterministic stages (build, the run's own ``plan.json``
+instead of scoring, apply), skips a training phase whose final checkpoint is complete (loading its
+weights), continues a phase from its newest usable checkpoint, and finishes. ``status.json`` says
+``running`` / ``complete`` / ``failed`` / ``interrupted`` and counts the resumes; ``log.txt`` is appended.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +32,8 @@ from corecompress.export import export_run, load_weights_file
 from corecompress.plugins import LoadedPlugins
 from corecompress.pruning.plan import PruningPlan, make_plan
 from corecompress.recipe import Recipe, recipe_to_dict
-from corecompress.rundir import STATUS_FILE, create_run_dir, environment, write_json
-from corecompress.training import train
+from corecompress.rundir import STATUS_FILE, RunLock, create_run_dir, environment, read_status, write_json
+from corecompress.training import RESUMING, train
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -65,7 +74,7 @@ def train_stage(ctx: RunContext) -> Any:
             ctx.state["teacher_header"] = header.weight.detach().clone()
     if result is not None:
         ctx.metrics["train"] = {"seconds": result.seconds, "final_loss": result.final_loss,
-                                "history": result.history}
+                                "skipped_steps": result.skipped_steps, "history": result.history}
     return result
 
 
@@ -83,7 +92,7 @@ def score(ctx: RunContext) -> Any:
     ctx.groups = ctx.model_spec.prunable_groups(ctx.model, tuple(p.targets))
     if not ctx.groups:
         raise UserError(f"prune.targets: model '{ctx.recipe.model.name}' has no prunable groups of kind {p.targets}")
-    if p.plan:
+    if p.plan or ctx.state.get(RESUME_PLAN):
         return None
     importance = ctx.create("importance", p.importance)
     start = time.perf_counter()
@@ -96,8 +105,12 @@ def plan(ctx: RunContext) -> Any:
     p = ctx.recipe.prune
     if p is None:
         return None
-    if p.plan:
-        ctx.plan = PruningPlan.load(p.plan)
+    source = ctx.state.get(RESUME_PLAN) or p.plan
+    if source:
+        try:
+            ctx.plan = PruningPlan.load(source)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{source}: not a readable pruning plan ({str(exc).splitlines()[0][:200]})") from None
     else:
         ctx.plan = make_plan(ctx.scores, ctx.groups, p.sparsity, p.scope, p.min_keep_fraction,
                              meta={"importance": p.importance.name, "targets": list(p.targets),
@@ -123,7 +136,8 @@ def retrain(ctx: RunContext) -> Any:
     if ctx.recipe.retrain is None:
         return None
     result = train(ctx, ctx.recipe.retrain, ctx.model, "retrain")
-    ctx.metrics["retrain"] = {"seconds": result.seconds, "final_loss": result.final_loss, "history": result.history}
+    ctx.metrics["retrain"] = {"seconds": result.seconds, "final_loss": result.final_loss,
+                              "skipped_steps": result.skipped_steps, "history": result.history}
     return result
 
 
@@ -154,17 +168,70 @@ STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
 ]
 
 
+RESUME_PLAN = "resume_plan"  # ctx.state: the run's own plan.json, used instead of scoring on resume
+
+
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
                raw_recipe: dict | None = None) -> RunContext:
     """Execute every stage of ``recipe`` into the new run directory ``out_dir``."""
-    out_dir = create_run_dir(out_dir, force)
+    with RunLock(out_dir) as lock:  # refuses a directory another process is writing (also with --force)
+        out_dir = create_run_dir(out_dir, force)
+        lock.acquire()
+        write_json(out_dir / "recipe.resolved.json", recipe_to_dict(recipe))
+        write_json(out_dir / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed})
+        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0)
+
+
+def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None) -> RunContext:
+    """Continue the interrupted run in ``run_dir`` from its last checkpoints (see the module docstring).
+
+    ``plugins`` (default: loaded as the resolved recipe asks) must provide the run's components.
+    """
+    from corecompress.recipe import validate_recipe
+
+    root = Path(run_dir)
+    resolved = root / "recipe.resolved.json"
+    if not root.is_dir() or not resolved.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no recipe.resolved.json)")
+    with RunLock(root):
+        status = read_status(root)
+        if status.get("state") == "complete":
+            raise RunAlreadyComplete(f"{run_dir}: the run is already complete; nothing to resume")
+        if plugins is None:
+            from corecompress.cli import load_for_recipe
+
+            _raw, plugins, recipe = load_for_recipe(str(resolved), strict)
+        else:
+            try:
+                raw = json.loads(resolved.read_text())
+            except ValueError as exc:
+                raise UserError(f"{resolved}: not valid JSON ({exc})") from None
+            recipe = validate_recipe(raw, plugins.registry)
+        _warn_if_versions_differ(root, plugins)
+        resumes = int(status.get("resumes", 0)) + 1
+        state = {"started": status.get("started"), "resumed_at": time.time(),
+                 "resumed_from_state": status.get("state")}
+        return _execute(recipe, plugins, root, state, resumes=resumes)
+
+
+class RunAlreadyComplete(UserError):
+    """``--resume`` of a run that finished; nothing to do."""
+
+
+def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
+             resumes: int) -> RunContext:
     log = _make_logger(out_dir)
+    status = {**status, "resumes": resumes, "pid": os.getpid()}
+    write_json(out_dir / STATUS_FILE, {"state": "running", **status})
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed, recipe.deterministic)
     ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log)
-    write_json(out_dir / "recipe.resolved.json", recipe_to_dict(recipe))
-    write_json(out_dir / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed})
+    if resumes:
+        ctx.state[RESUMING] = True
+        if recipe.prune is not None and (out_dir / "plan.json").is_file():
+            ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
+        log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
     try:
         for name, stage in STAGES:
             ctx.hook.on_stage_start(run=ctx, stage=name)
@@ -173,14 +240,34 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
             ctx.timings[name] = time.perf_counter() - start
             ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
     except BaseException as exc:
-        write_json(out_dir / STATUS_FILE, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        log.error("%s: %s", "interrupted" if interrupted else "failed", f"{type(exc).__name__}: {message}")
+        try:
+            write_json(out_dir / STATUS_FILE, {"state": "interrupted" if interrupted else "failed",
+                                               "error": f"{type(exc).__name__}: {message}", **status})
+        except OSError:  # e.g. the disk is full: the error itself matters more
+            pass
         raise
     finally:
         for handler in list(log.handlers):
             handler.close()
             log.removeHandler(handler)
-    write_json(out_dir / STATUS_FILE, {"state": "complete", "timings": ctx.timings})
+    write_json(out_dir / STATUS_FILE, {"state": "complete", "timings": ctx.timings, "finished": time.time(), **status})
     return ctx
+
+
+def _warn_if_versions_differ(root: Path, plugins: LoadedPlugins) -> None:
+    """Bitwise-exact resumption needs the same torch; say so when the environment changed."""
+    try:
+        before = json.loads((root / "versions.json").read_text())
+    except (OSError, ValueError):
+        return
+    now = environment(plugins.versions())
+    changed = [k for k in ("corecompress", "torch", "numpy") if before.get(k) != now.get(k)]
+    if changed:
+        warnings.warn(f"{root}: resuming with different versions ({', '.join(f'{k} {before.get(k)} -> {now.get(k)}' for k in changed)});"
+                      " the result may differ from an uninterrupted run", UserWarning, stacklevel=3)
 
 
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:

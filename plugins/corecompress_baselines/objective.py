@@ -17,7 +17,9 @@ The run's training objective (a margin head, a distillation loss, ...) is not av
 - ``auto`` (default): ``ce`` when the outputs have ``num_classes`` columns; else ``teacher_cosine``
   when a teacher exists and differs from the model; else ``random_projection``. A teacher that *is*
   the model (the default teacher "the model before pruning") gives a loss of exactly 0 at scoring
-  time and therefore zero gradients, hence the fallback.
+  time and therefore zero gradients, hence the fallback. For ViT-Slim's mask search (which moves
+  away from the unmasked model) ``auto`` instead prefers ``teacher_cosine`` whenever the outputs are
+  not logits, using the teacher if any, else the model's own unmasked outputs as the target.
 """
 from __future__ import annotations
 

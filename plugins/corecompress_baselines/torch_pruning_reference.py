@@ -108,7 +108,9 @@ class TPMagnitudeImportance:
     def score(self, model: nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]:
         tp = import_torch_pruning()
         example = example_input(model, context)
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with warnings.catch_warnings():  # "Unwrapped parameters detected": about pruning them; nothing is pruned here
+            warnings.filterwarnings("ignore", message="Unwrapped parameters", category=UserWarning)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         importance = tp.importance.GroupMagnitudeImportance(p=self.options.p, normalizer=None,
                                                             group_reduction=self.options.group_reduction)
         scores = {}

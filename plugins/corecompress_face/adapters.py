@@ -170,6 +170,22 @@ class MobileFaceNetAdapter:
 class DlibResNetOptions:
     weights: str | None = field(default=None, metadata={
         "help": "folder (or manifest) of the face-api files; null = random init (architecture only)"})
+    input: Literal["raw", "normalized"] = field(default="raw", metadata={
+        "help": "raw = 150x150 RGB in 0..255 (dlib's own); normalized = the pipeline's (x/255-0.5)/0.5 at any size"})
+
+
+class NormalizedInput(nn.Module):
+    """Feeds a dlib ResNet from the pipeline's normalised images: back to 0..255, bilinear to 150×150."""
+
+    def __init__(self, net: nn.Module, size: int = 150) -> None:
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x * 0.5 + 0.5) * 255.0
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net(x)
 
 
 class DlibResNetAdapter:
@@ -185,17 +201,20 @@ class DlibResNetAdapter:
         from corecompress_face.models.dlib_resnet import DlibFaceResNet, load_dlib_resnet
 
         if self.options.weights is None:
-            return DlibFaceResNet()
-        try:
-            return load_dlib_resnet(self.options.weights)
-        except (ValueError, FileNotFoundError) as exc:
-            raise UserError(f"model.weights: {str(exc).splitlines()[0]}") from None
+            net = DlibFaceResNet()
+        else:
+            try:
+                net = load_dlib_resnet(self.options.weights)
+            except (ValueError, FileNotFoundError) as exc:
+                raise UserError(f"model.weights: {str(exc).splitlines()[0]}") from None
+        return NormalizedInput(net) if self.options.input == "normalized" else net
 
     def prunable_groups(self, model: nn.Module, targets: tuple[str, ...]) -> list[PrunableGroup]:
         if "filters" not in targets:
             return []
         groups = []
-        for block in model.blocks():
+        net = model.net if isinstance(model, NormalizedInput) else model
+        for block in net.blocks():
             path = next(name for name, m in model.named_modules() if m is block)
             c1 = f"{path}.conv1"
             groups.append(inner_channel_group(
