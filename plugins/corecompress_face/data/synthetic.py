@@ -112,7 +112,7 @@ def sample_identity(seed: int, identity: int) -> SimpleNamespace:
     """Identity parameters of global identity ``identity`` (a pure function of seed and id).
 
     Binary traits are decided first and the geometry is then drawn from disjoint ranges for the
-    two outcomes (e.g. a big nose is 25-45 % larger), so every labelled attribute is visibly drawn.
+    two outcomes (e.g. a big nose is drawn 1.3-1.5x, another 0.85-1.1x), so labels are visible.
     """
     draw = iter(np.random.default_rng([seed, 1, identity]).random(96).tolist()).__next__  # <= 67 used
     male = draw() < 0.42
@@ -267,7 +267,7 @@ def sample_image(config: SyntheticFaceConfig, ident: SimpleNamespace, k: int
     d = config.difficulty
     d1 = min(d, 1.0)
     img.smile = _between(0.6, 1.0, draw()) if img.smiling else _between(0.0, 0.3, draw())
-    img.mouth_open = _between(0.025, 0.07, draw()) if img.mouth_open else _between(0.0, 0.008, draw())
+    img.mouth_opening = _between(0.025, 0.07, draw()) if img.mouth_open else _between(0.0, 0.008, draw())
     img.hat_style = min(int(draw() * 3), 2)
     img.hat_tilt = (draw() - 0.5) * 0.2
     img.hat_colour = _rgb(draw(), draw(), draw()) * 0.8 + 0.1
@@ -320,8 +320,8 @@ def appearance(ident: SimpleNamespace, img: SimpleNamespace) -> SimpleNamespace:
     face.nose_v = ident.nose_v + 0.018 * z[4]
     face.mouth_v = ident.mouth_v + 0.018 * z[4] + 0.015 * z[5]
     face.mouth_width = ident.mouth_width * (1.0 + 0.07 * z[5])
-    face.skin = np.clip(ident.skin * (1.0 + 0.06 * z[6]), 0.0, 1.0)
-    face.hair_colour = np.clip(ident.hair_colour * (1.0 + 0.1 * z[7]), 0.0, 1.0)
+    face.skin = np.clip(ident.skin * (1.0 + 0.04 * z[6]), 0.0, 1.0)
+    face.hair_colour = np.clip(ident.hair_colour * (1.0 + 0.06 * z[7]), 0.0, 1.0)
     face.hair_volume = max(ident.hair_volume + 0.04 * z[8], 0.0)
     face.hairline = (ident.hairline[0] + 0.03 * z[8],) + ident.hairline[1:]
     if z[9] and ident.hair_length > 0:

@@ -268,7 +268,8 @@ class Canvas:
     def blur(self, sigma: float) -> None:
         """Separable Gaussian blur (edge-clamped) of standard deviation ``sigma`` pixels.
 
-        Explicit taps rather than a matrix product: no BLAS threads, bit-identical everywhere.
+        Explicit taps rather than a matrix product: no BLAS threads, so the result does not depend
+        on thread counts (and a busy machine does not slow it down).
         """
         if sigma < 0.3:
             return
@@ -476,7 +477,7 @@ def draw_face(canvas: Canvas, ident: SimpleNamespace, img: SimpleNamespace) -> N
             canvas.ellipse(u, ident.eye_v + 0.2, 0.075, 0.24, ident.beard_colour, squash=sq)
     _draw_mouth(canvas, ident, img, mouth_u, msq)
     if ident.mustache:
-        canvas.band(mouth_u, ident.mouth_v - img.mouth_open * 0.5 - 2.0 * ident.upper_lip - 0.03,
+        canvas.band(mouth_u, ident.mouth_v - img.mouth_opening * 0.5 - 2.0 * ident.upper_lip - 0.03,
                     ident.mouth_width * 0.95, 0.05, 0.038, ident.beard_colour, squash=msq, blunt=True)
 
     # front hair, hat, earrings, glasses, occluders
@@ -515,7 +516,7 @@ def _draw_mouth(canvas: Canvas, ident: SimpleNamespace, img: SimpleNamespace, mo
                 squash: float) -> None:
     width = ident.mouth_width * (1.0 + 0.18 * img.smile)
     curvature = 0.012 - 0.1 * img.smile
-    opening = img.mouth_open
+    opening = img.mouth_opening
     v = ident.mouth_v
     if opening > 0.012:
         canvas.band(mouth_u, v, width * 0.92, curvature, opening * 0.5 + 0.004, MOUTH_INSIDE,
