@@ -17,3 +17,7 @@ class RecipeError(UserError):
 
 class PluginError(UserError):
     """A plugin that is required but broken, blocked or missing, or two plugins that clash."""
+
+
+class DataFormatError(UserError, ValueError):
+    """A data or weights file exists but is malformed, truncated, unsupported or unsafe (one line naming it)."""

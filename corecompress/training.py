@@ -271,6 +271,9 @@ def _is_scalar(v: Any) -> bool:
 
 def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, progress: _Progress, started: float | None, steps: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteLossError(f"{phase}: the weights became NaN/inf by step {progress.step}; stopped without "
+                                 "checkpointing them (the last checkpoint is kept; lower the learning rate)")
     seconds = progress.seconds + (time.perf_counter() - started if started is not None else 0.0)
     masks = getattr(getattr(ctx, "masks", None), "masks", None)
     info = {"phase": phase, "step": progress.step, "steps": steps, "seed": ctx.recipe.seed,

@@ -31,8 +31,7 @@ from .roc import RocResult, TarRule, evaluate_roc
 IJB_FAR_TARGETS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
-class DataFormatError(ValueError):
-    """A metadata file or array does not have the expected layout (message names file and line)."""
+from corecompress.errors import DataFormatError  # noqa: E402 - shared by every reader
 
 
 @dataclass(frozen=True)

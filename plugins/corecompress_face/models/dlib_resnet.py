@@ -50,8 +50,7 @@ DLIB_BLOCKS: tuple[tuple[str, int, int, bool], ...] = (
 )
 
 
-class DataFormatError(ValueError):
-    """A weight file exists but its content is not what the loader expects."""
+from corecompress.errors import DataFormatError  # noqa: E402 - shared by every reader
 
 
 class AffineScale(nn.Module):

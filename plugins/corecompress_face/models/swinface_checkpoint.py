@@ -47,8 +47,7 @@ _MULTITASK_PARTS = ("state_dict_backbone", "state_dict_fam", "state_dict_tss", "
 _SHOWN = 4  # how many offending keys an error message lists
 
 
-class DataFormatError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model (one line naming file and problem)."""
+from corecompress.errors import DataFormatError  # noqa: E402 - shared by every reader
 
 
 @dataclass

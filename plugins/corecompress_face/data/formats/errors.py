@@ -6,5 +6,4 @@ CLI can print it as is. Missing files raise :class:`FileNotFoundError` with such
 from __future__ import annotations
 
 
-class DataFormatError(ValueError):
-    """A data file exists but is malformed, truncated, unsupported or unsafe."""
+from corecompress.errors import DataFormatError  # noqa: E402 - shared by every reader
