@@ -27,6 +27,7 @@ from corecompress.pruning.physical import apply_physical
 from corecompress.testing.contracts import fake_context
 
 SEEDED = {"random"}
+GLOBAL = {"nvit"}  # NViT ranks all blocks together with one threshold (per-block floor 10 %)
 
 
 def evaluate(model, x, labels):
@@ -94,13 +95,15 @@ def main() -> None:
                 start = time.perf_counter()
                 scores = importance.score(dense, groups, ctx)
                 took = time.perf_counter() - start
-                pruned = apply_physical(copy.deepcopy(dense), groups, make_plan(scores, groups, s))
+                scope = "global" if name in GLOBAL else "local"
+                plan = make_plan(scores, groups, s, scope=scope, min_keep_fraction=0.1)
+                pruned = apply_physical(copy.deepcopy(dense), groups, plan)
                 rows.append((*evaluate(pruned, x_eval, y_eval), took))
             auc = np.array([r[0] for r in rows])
             acc = np.array([r[1] for r in rows])
             spread = f" ± {auc.std(ddof=1):.4f}" if len(rows) > 1 else ""
             aspread = f" ± {acc.std(ddof=1):.2f}" if len(rows) > 1 else ""
-            print(f"| {name} | {s} | {measure.count_parameters(pruned) / 1e6:.2f} M | "
+            print(f"| {name}{' (global)' if name in GLOBAL else ''} | {s} | {measure.count_parameters(pruned) / 1e6:.2f} M | "
                   f"{measure.count_macs(pruned, (3, 150, 150)) / 1e6:.1f} M | {auc.mean():.4f}{spread} | "
                   f"{acc.mean():.2f}{aspread} | {np.mean([r[2] for r in rows]):.2f} |", flush=True)
 
