@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Literal, Union
@@ -15,18 +17,39 @@ from typing import Any, Literal, Union
 from corecompress.errors import RecipeError
 
 _NONE_TYPE = type(None)
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 2, 60, 60
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
+MAX_SHOWN = 80
 
 
-def close_match(word: str, candidates: typing.Iterable[str]) -> str:
+def short_repr(value: Any) -> str:
+    """``repr`` bounded in size: an error line must stay one short line even for a value built from
+    YAML aliases (a "billion laughs" list) or a megabyte string."""
+    return _SHORT_REPR.repr(value)
+
+
+def shown(text: Any) -> str:
+    """``text`` as it may appear inside a one-line message: itself when short and printable, else a
+    shortened ``repr`` (a key or name with a newline must not split the error line)."""
+    text = str(text) if isinstance(text, (str, int, float, bool)) or text is None else short_repr(text)
+    if text.isprintable() and len(text) <= MAX_SHOWN:
+        return text
+    return short_repr(text)
+
+
+def close_match(word: Any, candidates: typing.Iterable[str]) -> str:
     """Return "; did you mean 'x'?" for the closest candidate, or "" when none is close."""
+    if not isinstance(word, (str, int, float)) or len(str(word)) > 4 * MAX_SHOWN:
+        return ""  # only names can be misspelt; str() of a nested value can be huge
     found = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f"; did you mean '{found[0]}'?" if found else ""
 
 
-def join_path(path: str, key: str | int) -> str:
-    if isinstance(key, int):
+def join_path(path: str, key: Any) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
         return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+    return f"{path}.{shown(key)}" if path else shown(key)
 
 
 def _type_name(tp: Any) -> str:
@@ -56,7 +79,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise RecipeError(path, f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+            raise RecipeError(path, f"must be one of {', '.join(repr(a) for a in allowed)}, got {short_repr(value)}"
                               + close_match(value, [str(a) for a in allowed]))
         return value
     if origin in (Union, types.UnionType):
@@ -102,14 +125,21 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is float:
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept any number written that way.
+        number: Any = value
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise RecipeError(path, f"expected a number, got {_describe(value)}")
-        return float(value)
+        try:
+            number = float(number)
+        except OverflowError:  # an integer literal with hundreds of digits
+            raise RecipeError(path, f"number too large, got {_describe(value)}") from None
+        if math.isnan(number):
+            raise RecipeError(path, "expected a number, got nan")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise RecipeError(path, f"expected a string, got {_describe(value)}")
@@ -126,7 +156,7 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{value!r} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
 
 
 def option_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
@@ -158,11 +188,11 @@ def parse_options(cls: type, data: Any, path: str = "", ignore: typing.Container
             raise RecipeError(join_path(path, name), "required option is missing")
     try:
         obj = cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ checks say "<field>: <problem>"
-        head, sep, rest = str(exc).partition(": ")
+    except (ValueError, TypeError, ArithmeticError) as exc:  # __post_init__ checks say "<field>: <problem>"
+        head, sep, rest = (str(exc).splitlines() or [type(exc).__name__])[0].partition(": ")
         if sep and head in fields:
             raise RecipeError(join_path(path, head), rest) from None
-        raise RecipeError(path, str(exc)) from None
+        raise RecipeError(path, head + sep + rest) from None
     return obj
 
 
@@ -198,8 +228,9 @@ def describe_options(cls: type | None) -> list[dict[str, str]]:
 
 
 def check_range(name: str, value: float, low: float, high: float, *, high_open: bool = False) -> None:
-    """Raise ValueError (reported with the key path) when ``value`` is outside [low, high] / [low, high)."""
-    bad = value < low or (value >= high if high_open else value > high)
-    if bad:
+    """Raise ValueError (reported with the key path) when ``value`` is outside [low, high] / [low, high)
+    (NaN is outside every range)."""
+    inside = low <= value < high if high_open else low <= value <= high
+    if not inside:
         bracket = ")" if high_open else "]"
         raise ValueError(f"{name}: must be in [{low}, {high}{bracket}, got {value}")

@@ -179,7 +179,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
     schedule = ctx.create("schedule", section.lr_schedule)
     dataset = ctx.data.train()
     start_step = progress.step
-    sampler = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
+    sampler = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=0)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
                         persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
     batches = iter(loader)

@@ -17,15 +17,6 @@ from corecompress_face.models.dlib_resnet import (DataFormatError, DlibFaceResNe
                                                   read_tfjs_weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: OpenMP spin-waits make 2 threads far slower on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _shared_data() -> Path:
     override = os.environ.get("CORECOMPRESS_SHARED_DATA")
     return Path(override) if override else Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

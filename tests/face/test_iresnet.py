@@ -8,15 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from corecompress_face.models.iresnet import IResNet, iresnet, iresnet50, iresnet_small
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: OpenMP spin-waits make 2 threads far slower on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def meta_iresnet50() -> IResNet:
     """IResNet-50 on the meta device: shapes and names without allocating or computing."""

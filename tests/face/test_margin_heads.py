@@ -11,14 +11,6 @@ from corecompress_face.heads import (ArcFaceHead, CombinedMarginHead, CosFaceHea
                                      target_margin)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: OpenMP spin-waits make 2 threads far slower on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 CONFIGS = [  # (m1, m2, m3)
     (1.0, 0.5, 0.0),   # ArcFace
     (1.0, 0.0, 0.35),  # CosFace

@@ -9,15 +9,6 @@ from corecompress_face.models.mobilefacenet import (Bottleneck, MobileFaceNet, m
                                                     mobilefacenet_small)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: OpenMP spin-waits make 2 threads far slower on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _params_and_macs(model: torch.nn.Module, size: int) -> tuple[int, int]:
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

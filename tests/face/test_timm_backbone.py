@@ -10,15 +10,6 @@ from corecompress_face.models.timm_backbone import TimmFaceBackbone, UnknownMode
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: OpenMP spin-waits make 2 threads far slower on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_cnn_backbone_gets_linear_bn_embedding_head():
     model = TimmFaceBackbone("resnet10t", embedding_size=24, img_size=64).eval()
     assert model.feature_dim == 512

@@ -30,16 +30,7 @@ __all__ = [
     "build_swinface_multitask", "FacesAttributeHead",
 ]
 
-#: The 40 CelebA attributes in the official ``list_attr_celeba.txt`` order.
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
-    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
-    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
-    "Wearing_Necktie", "Young",
-)
+from corecompress_face.celeba import CELEBA_ATTRIBUTES  # noqa: E402 - one definition for the plugin
 
 #: SwinFace task groups (one attention branch + subnet each) and their outputs, in output order.
 TASK_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
