@@ -87,14 +87,16 @@ def main() -> None:
     for name in args.criteria.split(","):
         icomp = reg.get("importance", name)
         seeds = range(args.seeds) if name in SEEDED else [0]
+        scored = []  # scores do not depend on the sparsity: score once per seed
+        for seed in seeds:
+            ctx = fake_context(seed=seed, teacher=dense, batches=batches, embedding_size=128)
+            importance = icomp.create(icomp.parse({}, "importance"))
+            start = time.perf_counter()
+            scores = importance.score(dense, groups, ctx)
+            scored.append((scores, time.perf_counter() - start))
         for s in [float(v) for v in args.sparsities.split(",")]:
             rows = []
-            for seed in seeds:
-                ctx = fake_context(seed=seed, teacher=dense, batches=batches, embedding_size=128)
-                importance = icomp.create(icomp.parse({}, "importance"))
-                start = time.perf_counter()
-                scores = importance.score(dense, groups, ctx)
-                took = time.perf_counter() - start
+            for scores, took in scored:
                 scope = "global" if name in GLOBAL else "local"
                 plan = make_plan(scores, groups, s, scope=scope, min_keep_fraction=0.1)
                 pruned = apply_physical(copy.deepcopy(dense), groups, plan)

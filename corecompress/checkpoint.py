@@ -119,7 +119,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- writing ---------------------------------------------------------------------------------
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()
+            if isinstance(v, torch.Tensor)}
 
 
 def _sha256(path: Path) -> str:
@@ -261,8 +262,9 @@ class Checkpoint:
         try:
             return load_file(str(self.path / f"{part}.safetensors"))
         except Exception as exc:  # noqa: BLE001 - a damaged file is reported, never executed
+            detail = (str(exc).splitlines() or [""])[0][:160]
             raise CheckpointError(f"checkpoint {self.path}: {part}.safetensors is unreadable "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                                  f"({type(exc).__name__}: {detail})") from None
 
     def tree(self, part: str) -> Any:
         try:

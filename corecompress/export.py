@@ -77,9 +77,13 @@ def export_run(ctx: Any, formats: list[str]) -> dict[str, str]:
     write_json(out / "architecture.json", arch)
     written = {"safetensors": str(out / "model.safetensors")}
     if "onnx" in formats:
-        from corecompress.onnx_export import export_onnx
+        from corecompress.onnx_export import export_onnx, onnx_relative_error
 
-        written["onnx"] = str(export_onnx(ctx.model, ctx.model_spec.input_size, out / "model.onnx"))
+        path = export_onnx(ctx.model, ctx.model_spec.input_size, out / "model.onnx")
+        written["onnx"] = str(path)
+        error = onnx_relative_error(ctx.model, path, tuple(ctx.model_spec.input_size))
+        if error is not None:  # checked against PyTorch where onnxruntime is installed
+            ctx.metrics.setdefault("export", {})["onnx_max_relative_error"] = error
     return written
 
 

@@ -38,6 +38,12 @@ def shown(text: Any) -> str:
     return short_repr(text)
 
 
+def quoted(text: Any) -> str:
+    """``'text'`` for a plain name, or its shortened ``repr`` (already quoted) for anything odd."""
+    plain = shown(text)
+    return f"'{plain}'" if plain == text else plain
+
+
 def close_match(word: Any, candidates: typing.Iterable[str]) -> str:
     """Return "; did you mean 'x'?" for the closest candidate, or "" when none is close."""
     if not isinstance(word, (str, int, float)) or len(str(word)) > 4 * MAX_SHOWN:

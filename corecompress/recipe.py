@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,11 +16,17 @@ from typing import Any, Literal
 import yaml
 
 from corecompress.errors import RecipeError, UserError
-from corecompress.options import check_range, join_path, options_to_dict, parse_options
+from corecompress.options import check_range, join_path, options_to_dict, parse_options, short_repr, shown
 from corecompress.registry import Registry
 
 RECIPE_VERSION = 1
 MAX_MATRIX_CELLS = 1000
+#: Guards of :func:`read_recipe`: a recipe is a small hand-written file. Aliases are counted as if
+#: expanded, so a "billion laughs" alias bomb is refused before anything copies or prints it.
+MAX_RECIPE_BYTES = 4 * 1024 * 1024
+MAX_RECIPE_NODES = 200_000
+MAX_RECIPE_DEPTH = 64
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 
 @dataclass
@@ -51,9 +58,9 @@ def _parse_choice(value: Any, path: str) -> Choice:
         if "name" not in value:
             raise RecipeError(join_path(path, "name"), "missing; say which component to use")
         if not isinstance(value["name"], str):
-            raise RecipeError(join_path(path, "name"), f"expected a string, got {value['name']!r}")
+            raise RecipeError(join_path(path, "name"), f"expected a string, got {short_repr(value['name'])}")
         return Choice(value["name"], dict(value))
-    raise RecipeError(path, f"expected a component name or a mapping with 'name', got {value!r}")
+    raise RecipeError(path, f"expected a component name or a mapping with 'name', got {short_repr(value)}")
 
 
 @dataclass
@@ -87,9 +94,18 @@ class TrainSection:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError("steps: must be at least 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size: must be at least 1")
+        if not 1 <= self.batch_size <= 2**31 - 1:
+            raise ValueError("batch_size: must be in [1, 2^31)")
         check_range("lr", self.lr, 0.0, 10.0)
+        check_range("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        check_range("momentum", self.momentum, 0.0, 1.0)
+        if self.clip_grad_norm is not None:
+            check_range("clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, high_open=True)
+        for name in ("eval_every", "checkpoint_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be at least 0")
+        if self.log_every < 1:
+            raise ValueError("log_every: must be at least 1")
 
 
 @dataclass
@@ -160,27 +176,77 @@ class Recipe:
             raise ValueError("data: required; name a dataset component")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"weights: no such file: {self.weights}")
-        if not self.name or any(c in self.name for c in "/\\"):
-            raise ValueError("name: must be a non-empty name without slashes")
+        if not self.name or any(c in self.name for c in "/\\") or not self.name.isprintable():
+            raise ValueError("name: must be a non-empty name without slashes or control characters")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed: must be in [0, 2^63), got {self.seed}")
+        if self.threads is not None and not 0 <= self.threads <= 4096:
+            raise ValueError(f"threads: must be in [0, 4096] (0 or null = torch's default), got {self.threads}")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Load a recipe file with ``yaml.safe_load`` (tags that would call code are refused)."""
+    """Load a recipe file with ``yaml.safe_load`` (tags that would call code are refused).
+
+    Guards: at most ``MAX_RECIPE_BYTES``; no recursive aliases; at most ``MAX_RECIPE_NODES`` values
+    with aliases expanded and ``MAX_RECIPE_DEPTH`` levels of nesting. Every failure is one line.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: no such recipe file")
+    size = p.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError("", f"{path}: {size} bytes is too large for a recipe (at most {MAX_RECIPE_BYTES})")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError("", f"{path}: not valid YAML{where}: {problem}") from None
+        raise RecipeError("", f"{path}: not valid YAML{where}: {shown(problem)}") from None
     except UnicodeDecodeError:
         raise RecipeError("", f"{path}: not a text file") from None
+    except RecursionError:
+        raise RecipeError("", f"{path}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)") from None
+    except (ValueError, TypeError, KeyError, ArithmeticError) as exc:  # a scalar its tag cannot build, e.g. 2020-13-45
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RecipeError("", f"{path}: not valid YAML: a value cannot be read ({shown(detail)})") from None
     if not isinstance(data, dict):
         raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    _check_size(data, str(path))
     return data
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse recursive aliases and alias bombs: count values as if every alias were expanded."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (expanded values, nesting height)
+    active: set[int] = set()
+
+    def measure(node: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(node, (dict, list, tuple, set, frozenset)):
+            return 1, 0
+        key = id(node)
+        if key in active:
+            raise RecipeError("", f"{where}: a YAML alias refers to a value that contains it (recursive recipe)")
+        if key not in memo:
+            if depth >= MAX_RECIPE_DEPTH:
+                raise RecipeError("", f"{where}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)")
+            active.add(key)
+            children = [v for kv in node.items() for v in kv] if isinstance(node, dict) else list(node)
+            count, height = 1, 0
+            for child in children:
+                child_count, child_height = measure(child, depth + 1)
+                count, height = count + child_count, max(height, child_height + 1)
+                if count > MAX_RECIPE_NODES:
+                    raise RecipeError("", f"{where}: more than {MAX_RECIPE_NODES} values once YAML aliases are"
+                                          " expanded (an alias bomb?)")
+            active.discard(key)
+            memo[key] = (count, height)
+        count, height = memo[key]
+        if depth + height > MAX_RECIPE_DEPTH:
+            raise RecipeError("", f"{where}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)")
+        return count, height
+
+    measure(data, 0)
 
 
 def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
@@ -219,8 +285,8 @@ def validate_recipe(data: dict[str, Any], registry: Registry, *, check_matrix: b
             for _label, cell in expand_matrix(raw):
                 validate_recipe(cell, registry, check_matrix=False)
         for i, s in enumerate(recipe.seeds):
-            if s < 0:
-                raise RecipeError(f"seeds[{i}]", "seeds must be non-negative integers")
+            if not 0 <= s <= MAX_SEED:
+                raise RecipeError(f"seeds[{i}]", "seeds must be non-negative integers below 2^63")
     return recipe
 
 
@@ -233,9 +299,9 @@ def expand_matrix(raw: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, A
     for key in keys:
         values = matrix[key]
         if not isinstance(values, list) or not values:
-            raise RecipeError(f"matrix.{key}", "expected a non-empty list of values")
+            raise RecipeError(f"matrix.{shown(key)}", "expected a non-empty list of values")
         if not isinstance(key, str) or not key or key.split(".")[0] in {"matrix", "seeds", "version"}:
-            raise RecipeError(f"matrix.{key}", "expected a dotted recipe key such as prune.sparsity")
+            raise RecipeError(f"matrix.{shown(key)}", "expected a dotted recipe key such as prune.sparsity")
     cells = []
     count = 1
     for key in keys:
@@ -263,7 +329,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             nxt = {}
             node[part] = nxt
         if not isinstance(nxt, dict):
-            raise RecipeError(f"matrix.{key}", f"'{'.'.join(parts[:i + 1])}' is not a section")
+            raise RecipeError(f"matrix.{shown(key)}", f"'{shown('.'.join(parts[:i + 1]))}' is not a section")
         node = nxt
     node[parts[-1]] = value
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from corecompress.errors import PluginError, RecipeError
-from corecompress.options import close_match, parse_options
+from corecompress.options import close_match, parse_options, quoted, short_repr, shown
 
 #: The component kinds, each filled by one registration hook ``register_<kind>s``.
 KINDS: tuple[str, ...] = (
@@ -42,7 +42,7 @@ class Component:
         if self.options is None:
             extra = [k for k in (data or {}) if k != "name"]
             if extra:
-                raise RecipeError(f"{path}.{extra[0]}", f"unknown option; '{self.name}' takes no options")
+                raise RecipeError(f"{path}.{shown(extra[0])}", f"unknown option; '{self.name}' takes no options")
             return None
         return parse_options(self.options, data, path, ignore=("name",))
 
@@ -71,12 +71,12 @@ class Registry:
     def get(self, kind: str, name: Any, path: str = "") -> Component:
         """The component ``name`` of ``kind``; a RecipeError listing the known names otherwise."""
         if not isinstance(name, str):
-            raise RecipeError(path, f"expected the name of a {kind} (a string), got {name!r}")
+            raise RecipeError(path, f"expected the name of a {kind} (a string), got {short_repr(name)}")
         try:
             return self.components[kind][name]
         except KeyError:
             known = self.names(kind)
-            raise RecipeError(path, f"unknown {kind} '{name}'" + close_match(name, known)
+            raise RecipeError(path, f"unknown {kind} {quoted(name)}" + close_match(name, known)
                               + f" (registered: {', '.join(known) or 'none'})") from None
 
     def by_plugin(self) -> dict[str, list[Component]]:

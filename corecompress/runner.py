@@ -32,7 +32,9 @@ from corecompress.export import export_run, load_weights_file
 from corecompress.plugins import LoadedPlugins
 from corecompress.pruning.plan import PruningPlan, make_plan
 from corecompress.recipe import Recipe, recipe_to_dict
-from corecompress.rundir import STATUS_FILE, RunLock, create_run_dir, environment, read_status, write_json
+from corecompress.rundir import (
+    STATUS_FILE, RunLock, atomic_write_bytes, create_run_dir, environment, read_status, write_json,
+)
 from corecompress.training import RESUMING, train
 
 
@@ -119,7 +121,7 @@ def plan(ctx: RunContext) -> Any:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
         raise UserError(f"prune.plan: {exc}") from None
-    ctx.plan.save(ctx.out_dir / "plan.json")
+    atomic_write_bytes(ctx.out_dir / "plan.json", json.dumps(ctx.plan.to_dict(), indent=1).encode())
     return ctx.plan
 
 
@@ -230,7 +232,11 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     if resumes:
         ctx.state[RESUMING] = True
         if recipe.prune is not None and (out_dir / "plan.json").is_file():
-            ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
+            try:
+                PruningPlan.load(out_dir / "plan.json")
+                ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
+            except (ValueError, KeyError, TypeError):  # written when the run died: score again
+                log.warning("warning: %s is unreadable; the importance is scored again", out_dir / "plan.json")
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
     try:
         for name, stage in STAGES:
@@ -266,8 +272,9 @@ def _warn_if_versions_differ(root: Path, plugins: LoadedPlugins) -> None:
     now = environment(plugins.versions())
     changed = [k for k in ("corecompress", "torch", "numpy") if before.get(k) != now.get(k)]
     if changed:
-        warnings.warn(f"{root}: resuming with different versions ({', '.join(f'{k} {before.get(k)} -> {now.get(k)}' for k in changed)});"
-                      " the result may differ from an uninterrupted run", UserWarning, stacklevel=3)
+        listed = ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in changed)
+        warnings.warn(f"{root}: resuming with different versions ({listed}); the result may differ from an "
+                      "uninterrupted run", UserWarning, stacklevel=3)
 
 
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -179,7 +179,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
     schedule = ctx.create("schedule", section.lr_schedule)
     dataset = ctx.data.train()
     start_step = progress.step
-    sampler = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=0)
+    sampler = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
                         persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
     batches = iter(loader)
@@ -194,7 +194,12 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
                initial=start_step, total=section.steps)
     with _StopOnInterrupt() as stop:
         for step in bar:
-            batch = _to_device(next(batches), ctx.device)
+            try:
+                batch = _to_device(next(batches), ctx.device)
+            except Exception:  # noqa: BLE001 - Ctrl-C also stops DataLoader workers; the interrupt wins
+                if stop.requested:
+                    break
+                raise
             images = batch["image"]
             if section.augment == "flip":
                 images, batch["flipped"] = flip_half(images, seed, step)

@@ -257,7 +257,8 @@ def test_masked_adadistill_resume_restores_heads_centres_and_masks(plugins, tmp_
     ckpt = out / "checkpoints" / "retrain-step0000012"
     centres = load_file(str(ckpt / "objective.safetensors"))["centres"]
     assert centres.shape == (6, 16)
-    assert torch.equal(centres, load_file(str(ref / "checkpoints" / "retrain-step0000012" / "objective.safetensors"))["centres"])
+    reference_ckpt = ref / "checkpoints" / "retrain-step0000012"
+    assert torch.equal(centres, load_file(str(reference_ckpt / "objective.safetensors"))["centres"])
     masks = load_file(str(ckpt / "masks.safetensors"))
     final = weights(out)
     for name, mask in masks.items():  # the pruned units are still exactly zero after the resumed retraining
@@ -312,3 +313,14 @@ def test_resume_errors_are_one_line(cli, tmp_path):
     assert code == 2 and "takes no recipe, --out or --force" in err
     code, _out, err = cli("run")
     assert code == 2 and "name a recipe file, or --resume RUN_DIR" in err
+
+
+def test_resume_refuses_a_run_directory_in_use(cli, tmp_path, reference):
+    from corecompress.rundir import RunLock
+
+    with RunLock(reference):  # as a still-running process holds it
+        code, _out, err = cli("run", "--resume", reference)
+        assert code == 2 and f"{reference}: in use by another corecompress process" in err
+        code, _out, err = cli("run", write_recipe(tmp_path, RECIPE), "--out", reference, "--force")
+        assert code == 2 and "in use by another corecompress process" in err
+    assert (reference / "model.safetensors").is_file()  # --force did not delete a directory in use

@@ -16,24 +16,16 @@ See docs/synthetic_faces.md for what is rendered, the unlabelled attributes and 
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
+from corecompress_face.celeba import CELEBA_ATTRIBUTES  # re-exported: official list_attr_celeba.txt order
 from corecompress_face.data.synthetic_render import Canvas, draw_face
 
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
-    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
-    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
-    "Wearing_Necktie", "Young",
-)
 #: Attributes with no drawable definition (always 0; evaluators must mask them out).
 UNRENDERED_ATTRIBUTES: tuple[str, ...] = ("Attractive",)
 _ATTR_INDEX = {name: i for i, name in enumerate(CELEBA_ATTRIBUTES)}
