@@ -46,7 +46,7 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[path] = float(value)
 
-    for phase in ("before", "after"):
+    for phase in ("before", "pruned", "after"):
         walk(metrics.get(phase) or {}, phase)
     for phase in ("train", "retrain"):
         seconds = (metrics.get(phase) or {}).get("seconds")
@@ -68,8 +68,8 @@ def _ordered_union(keys: Iterable[Iterable[str]]) -> list[str]:
 def metric_columns(results: list[RunResult]) -> list[str]:
     """Every metric column, in the order first seen: before/…, after/…, then timings."""
     keys = _ordered_union(r.metrics for r in results)
-    rank = {"before": 0, "after": 1}
-    return sorted(keys, key=lambda k: rank.get(k.split("/")[0], 2))  # stable: keeps first-seen order
+    rank = {"before": 0, "pruned": 1, "after": 2}
+    return sorted(keys, key=lambda k: rank.get(k.split("/")[0], 3))  # stable: keeps first-seen order
 
 
 def results_csv(results: list[RunResult], out_dir: Path) -> str:
@@ -162,9 +162,10 @@ def results_markdown(results: list[RunResult], title: str) -> str:
     for key in after:
         if "accuracy" in key.split("/")[-1].lower():
             columns.append((key, f"{shorts[key]} (after)"))
-            before = "before/" + key.split("/", 1)[1]
-            if any(before in r.metrics for r in results):
-                columns.append((before, f"{shorts[key]} (before)"))
+            for phase, label in (("pruned", "pruned, not retrained"), ("before", "before")):
+                other = f"{phase}/" + key.split("/", 1)[1]
+                if any(other in r.metrics for r in results):
+                    columns.append((other, f"{shorts[key]} ({label})"))
         else:
             columns.append((key, _header(shorts[key])))
     seeds = sorted({r.seed for r in results})

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -207,7 +208,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError("", f"{path}: not a text file") from None
     except RecursionError:
         raise RecipeError("", f"{path}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)") from None
-    except (ValueError, TypeError, KeyError, ArithmeticError) as exc:  # a scalar its tag cannot build, e.g. 2020-13-45
+    except (ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as exc:  # a scalar its tag cannot build, e.g. 2020-13-45
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RecipeError("", f"{path}: not valid YAML: a value cannot be read ({shown(detail)})") from None
     if not isinstance(data, dict):
@@ -255,6 +256,9 @@ def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
         kind = f.metadata.get("component")
         value = getattr(obj, f.name)
         fpath = join_path(path, f.name)
+        if kind and isinstance(value, list) and not _is_list_field(cls, f):
+            raise RecipeError(fpath, f"expected a component name or a mapping with 'name', got a list"
+                                     f" (only one {kind} goes here)")
         if kind and isinstance(value, list):
             resolved = []
             for i, item in enumerate(value):
@@ -265,6 +269,11 @@ def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
             setattr(obj, f.name, _resolve(_parse_choice(value, fpath), kind, fpath, registry))
         elif dataclasses.is_dataclass(value):
             _walk_choices(value, type(value), fpath, registry)
+
+
+def _is_list_field(cls: type, f: dataclasses.Field) -> bool:
+    """A field holding a list of components (``evaluate: list[Any]``) rather than one component."""
+    return typing.get_origin(typing.get_type_hints(cls).get(f.name)) is list
 
 
 def _resolve(c: Choice, kind: str, path: str, registry: Registry) -> Choice:

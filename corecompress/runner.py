@@ -134,6 +134,14 @@ def apply(ctx: RunContext) -> Any:
     return ctx.model
 
 
+def evaluate_pruned(ctx: RunContext) -> Any:
+    """One-shot quality: the pruned model before any retraining (only when both happen)."""
+    if ctx.recipe.evaluate and ctx.recipe.prune and ctx.recipe.retrain:
+        ctx.metrics["pruned"] = evaluate_model(ctx, ctx.model)
+        return ctx.metrics["pruned"]
+    return None
+
+
 def retrain(ctx: RunContext) -> Any:
     if ctx.recipe.retrain is None:
         return None
@@ -165,7 +173,7 @@ def report(ctx: RunContext) -> Any:
 
 STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
     ("build", build), ("train", train_stage), ("evaluate_before", evaluate_before), ("score", score),
-    ("plan", plan), ("apply", apply), ("retrain", retrain), ("evaluate_after", evaluate_after),
+    ("plan", plan), ("apply", apply), ("evaluate_pruned", evaluate_pruned), ("retrain", retrain), ("evaluate_after", evaluate_after),
     ("export", export), ("report", report),
 ]
 

@@ -16,11 +16,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def metrics_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    keys = list(dict.fromkeys([*before, *after]))
-    lines = ["| metric | before | after |", "|---|---|---|"]
+def metrics_table(phases: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per metric, one column per phase (before pruning, pruned before retraining, after)."""
+    keys = list(dict.fromkeys(k for values in phases.values() for k in values))
+    lines = ["| metric | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for k in keys:
-        lines.append(f"| {k} | {_fmt(before.get(k, '–'))} | {_fmt(after.get(k, '–'))} |")
+        lines.append(f"| {k} | " + " | ".join(_fmt(values.get(k, "–")) for values in phases.values()) + " |")
     return lines
 
 
@@ -42,9 +43,10 @@ class MarkdownReporter:
             lines.append(f"- units removed: {100 * run.plan.unit_ratio():.1f} % of {sum(g.size for g in run.plan.groups.values())}"
                          f" in {len(run.plan.groups)} groups (plan.json)")
         lines.append("")
-        before, after = run.metrics.get("before", {}), run.metrics.get("after", {})
-        if before or after:
-            lines += ["## Results", ""] + metrics_table(before, after) + [""]
+        labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
+        phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}
+        if phases:
+            lines += ["## Results", ""] + metrics_table(phases) + [""]
         for phase in ("train", "retrain"):
             if phase in run.metrics:
                 m = run.metrics[phase]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ def import_pil() -> Any:
     except ImportError as exc:  # pragma: no cover - pillow is a declared dependency
         raise ImportError("reading face images needs Pillow: pip install pillow") from exc
     return Image
+
+
+def decode_errors(Image: Any) -> tuple[type[BaseException], ...]:  # noqa: N803 - the PIL module
+    """What PIL raises for bytes that are not a decodable image: OSError and SyntaxError mostly, but
+    damaged headers also surface as struct/Index/Key/Type/ZeroDivision errors, and a header announcing
+    a gigantic picture as ``DecompressionBombError``."""
+    return (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+            ArithmeticError, Image.DecompressionBombError)
 
 
 def pil_to_rgb_array(image: Any) -> np.ndarray:
@@ -36,8 +45,8 @@ def decode_image_bytes(data: bytes | bytearray | memoryview | np.ndarray, where:
         with Image.open(io.BytesIO(raw)) as image:
             image.load()
             return pil_to_rgb_array(image)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for non-images
-        raise DataFormatError(f"{where}: payload is not a decodable image ({exc})") from None
+    except decode_errors(Image) as exc:
+        raise DataFormatError(f"{where}: payload is not a decodable image ({_one_line(exc)})") from None
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -49,8 +58,13 @@ def read_image_file(path: Path) -> np.ndarray:
             return pil_to_rgb_array(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataFormatError(f"{path}: not a decodable image ({exc})") from None
+    except decode_errors(Image) as exc:
+        raise DataFormatError(f"{path}: not a decodable image ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return text or type(exc).__name__
 
 
 def encode_image(image: np.ndarray, image_format: str = "JPEG", quality: int = 95) -> bytes:

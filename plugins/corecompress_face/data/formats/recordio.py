@@ -47,6 +47,8 @@ from .recordio_format import (
 )
 from .recordio_writer import write_recordio
 
+_INT64_MAX = 2**63 - 1
+
 __all__ = [
     "RECORDIO_MAGIC",
     "RecordHeader",
@@ -111,6 +113,8 @@ def _read_index_by_line(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 ) from None
             if key < 0 or offset < 0:
                 raise DataFormatError(f"{path}: line {line_number}: negative key or offset")
+            if key > _INT64_MAX or offset > _INT64_MAX:
+                raise DataFormatError(f"{path}: line {line_number}: key or offset larger than 2^63 - 1")
             keys.append(key)
             offsets.append(offset)
     return np.array(keys, dtype=np.int64), np.array(offsets, dtype=np.int64)
@@ -151,7 +155,7 @@ class RecordIODataset:
         self.transform = transform
         self._keys, self._offsets = read_index(self.idx_path)
         self._file_size = self.rec_path.stat().st_size
-        past_end = np.nonzero(self._offsets + RECORD_HEAD.size > self._file_size)[0]
+        past_end = np.nonzero(self._offsets > self._file_size - RECORD_HEAD.size)[0]  # no int64 overflow
         if past_end.size:
             bad = past_end[0]
             raise DataFormatError(
@@ -197,7 +201,8 @@ class RecordIODataset:
         parts: list[bytes] = []
         while True:
             head_size = RECORD_HEAD.size
-            chunk = self._read_at(offset, head_size + (limit or 0) if not parts else head_size)
+            wanted = head_size + (limit or 0) if not parts else head_size
+            chunk = self._read_at(offset, min(wanted, max(0, self._file_size - offset)))  # a huge limit reads no more
             if len(chunk) < head_size:
                 raise DataFormatError(f"{where}: record truncated at byte {offset} (file ends)")
             magic, lrec = RECORD_HEAD.unpack_from(chunk, 0)
@@ -245,9 +250,11 @@ class RecordIODataset:
         if self._keys[0] == 0:
             meta, rest = self.read_record(0)
             if meta.flag > 0 and not rest:  # a meta record carries no image
-                end = int(meta.label[0])
-                if end < 1:
-                    raise DataFormatError(f"{self.rec_path}: key 0: meta record announces {end - 1} images")
+                announced = meta.label[0]
+                if not math.isfinite(announced) or announced != int(announced) or not 1 <= announced <= self._keys.size:
+                    raise DataFormatError(f"{self.rec_path}: key 0: meta record announces {announced - 1:g} images, "
+                                          f"but the index has {self._keys.size} keys")
+                end = int(announced)
                 image_keys = np.arange(1, end, dtype=np.int64)
                 positions = np.searchsorted(self._keys, image_keys).clip(max=self._keys.size - 1)
                 missing = np.nonzero(self._keys[positions] != image_keys)[0]

@@ -1,0 +1,88 @@
+"""Structured pruning of SwinFace-T to ≈ 50 % of its parameters: heads + MLP neurons + FACES channels.
+
+One sparsity s for all three targets is chosen so the physically pruned backbone has ≈ 50 % of the
+dense parameters; beside it, Torch-Pruning (1.6.x, magnitude) pruning the same model to the same
+parameter budget — on timm's Swin it can only remove MLP neurons (its head and width pruning fail or
+do nothing there; see BENCHMARKS.md). CPU throughput at batch 32, ratios measured in the same process.
+
+    python benchmarks/structured_speed.py [--threads 2] [--batch 32] [--repeats 10]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+
+import torch
+
+from corecompress import measure
+from corecompress.plugins import load_plugins
+from corecompress.pruning import make_plan
+from corecompress.pruning.physical import apply_physical
+
+TARGETS = ("channels", "heads", "neurons")
+
+
+def prune_ours(spec, dense, scores_by_name, sparsity):
+    groups = spec.prunable_groups(dense, TARGETS)
+    model = copy.deepcopy(dense)
+    return apply_physical(model, groups, make_plan({g.name: scores_by_name[g.name] for g in groups}, groups, sparsity))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense parameters to keep")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    reg = load_plugins().registry
+    comp = reg.get("model", "swinface")
+    spec = comp.create(comp.parse({"preset": "swin_t"}, "model"))
+    torch.manual_seed(0)
+    dense = spec.build().eval()
+    n_dense = measure.count_parameters(dense)
+    groups = spec.prunable_groups(dense, TARGETS)
+    l1 = reg.get("importance", "l1")
+    faces = reg.get("importance", "faces")
+    scores = l1.create(l1.parse({}, "i")).score(dense, groups, None)
+    scores.update(faces.create(faces.parse({}, "i")).score(dense, groups, None))  # FACES for the channels
+    lo, hi = 0.0, 0.95
+    for _ in range(20):  # bisection on s for the parameter budget
+        mid = (lo + hi) / 2
+        if measure.count_parameters(prune_ours(spec, dense, scores, mid)) > args.target * n_dense:
+            lo = mid
+        else:
+            hi = mid
+    ours = prune_ours(spec, dense, scores, hi)
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, batch {args.batch}")
+    print(f"dense: {n_dense / 1e6:.2f} M params, {measure.count_macs(dense, spec.input_size) / 1e9:.3f} GMACs")
+    print(f"corecompress heads+neurons+FACES channels at s={hi:.3f}: {measure.count_parameters(ours) / 1e6:.2f} M params"
+          f" ({100 * measure.count_parameters(ours) / n_dense:.1f} %), {measure.count_macs(ours, spec.input_size) / 1e9:.3f} GMACs")
+    models = {"dense": dense, "corecompress": ours}
+    try:
+        from corecompress_baselines.torch_pruning_reference import torch_pruning_prune
+
+        example = torch.randn(1, *spec.input_size)
+        lo, hi = 0.0, 0.99
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            trial = torch_pruning_prune(copy.deepcopy(dense), example, mid, heads=False)
+            if measure.count_parameters(trial) > args.target * n_dense:
+                lo = mid
+            else:
+                hi = mid
+        tp_model = torch_pruning_prune(copy.deepcopy(dense), example, hi, heads=False).eval()
+        print(f"Torch-Pruning (MLP neurons only) at ratio {hi:.3f}: {measure.count_parameters(tp_model) / 1e6:.2f} M params"
+              f" ({100 * measure.count_parameters(tp_model) / n_dense:.1f} %), {measure.count_macs(tp_model, spec.input_size) / 1e9:.3f} GMACs")
+        models["torch_pruning"] = tp_model
+    except Exception as exc:  # noqa: BLE001 - report what the external library does, verbatim
+        print(f"Torch-Pruning: could not prune ({type(exc).__name__}: {exc})")
+    timing = measure.compare_throughput(models, spec.input_size, args.batch, reference="dense", repeats=args.repeats)
+    for name, t in timing.items():
+        print(f"{name}: {t['images_per_s']:.2f} images/s (median of {t['repeats']}), ratio vs dense {t['speedup']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
