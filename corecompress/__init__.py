@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(path: str, map_location: str = "cpu"):  # noqa: ANN201 - returns torch.nn.Module
-    """Rebuild an exported (possibly pruned) model from its directory: architecture + plan + weights.
+def load(path: str, map_location: str = "cpu", weights: str | None = None):  # noqa: ANN201 - an nn.Module
+    """Rebuild an exported (possibly pruned) model: architecture + plan + weights.
 
-    No recipe and no pickle are needed; see :mod:`corecompress.export`.
+    ``path``: a run directory, its ``architecture.json`` or an exported ``model.safetensors`` (which carries
+    the architecture in its metadata); ``weights``: other weights for the same architecture. No recipe and
+    no pickle are needed; see :mod:`corecompress.export`.
     """
     from corecompress.export import load_exported
 
-    return load_exported(path, map_location=map_location)
+    return load_exported(path, map_location=map_location, weights=weights)

@@ -98,7 +98,8 @@ def on_stage_start(run: Any, stage: str) -> None:
 @hookspec
 def after_physical_prune(run: Any, model: Any, plan: Any) -> None:
     """Fires right after a plan was physically applied; fix up anything the generic slicing
-    (parameters, Linear/Conv/Norm sizes, the group's declared attributes) did not."""
+    (parameters, Linear/Conv/Norm sizes, the group's declared attributes) did not. ``run`` is None when
+    a pruned model is rebuilt outside a run (``corecompress.load``)."""
 
 
 @hookspec

@@ -111,6 +111,15 @@ def _existing(name: str, value: str | None) -> None:
         raise ValueError(f"{name}: no such file or folder: {value}")
 
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
+
+
+def _check_image_size(size: int, low: int = MIN_IMAGE_SIZE) -> None:
+    """Found by fuzzing: 0 or a negative size failed deep in PIL during training; a huge one exhausts memory."""
+    if not low <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size: must be in [{low}, {MAX_IMAGE_SIZE}], got {size}")
+
+
 # --- synthetic faces (the embedded default) --------------------------------------------------------
 
 @dataclass
@@ -130,8 +139,13 @@ class SyntheticFacesOptions:
             raise ValueError("identities: need at least 2 training and 2 evaluation identities")
         if self.images_per_identity < 1 or self.eval_images_per_identity < 2:
             raise ValueError("eval_images_per_identity: need at least 2 images per held-out identity")
-        if self.image_size < 32:
-            raise ValueError("image_size: must be at least 32")
+        _check_image_size(self.image_size, 32)
+        if self.eval_pairs < 1:
+            raise ValueError("eval_pairs: must be at least 1")
+        if not 0 <= self.difficulty < float("inf"):
+            raise ValueError(f"difficulty: must be a finite number >= 0, got {self.difficulty}")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
 
 
 class SyntheticFacesData:
@@ -173,6 +187,9 @@ class OlivettiOptions:
 
     def __post_init__(self) -> None:
         _existing("path", self.path)
+        _check_image_size(self.image_size)
+        if self.impostor_pairs < 0:
+            raise ValueError("impostor_pairs: must be >= 0")
         if not 1 <= self.train_identities <= 38:
             raise ValueError("train_identities: must be in [1, 38] (40 people, 2 held out at least)")
 
@@ -226,6 +243,7 @@ class RecordIOOptions:
     verification_bins: list[str] = field(default_factory=list, metadata={"help": "lfw.bin, cfp_fp.bin, ..."})
 
     def __post_init__(self) -> None:
+        _check_image_size(self.image_size)
         for p in self.verification_bins:
             _existing("verification_bins", p)
 
@@ -258,6 +276,7 @@ class IdentityFoldersOptions:
 
     def __post_init__(self) -> None:
         _existing("root", self.root)
+        _check_image_size(self.image_size)
 
 
 class IdentityFoldersData:
@@ -287,6 +306,7 @@ class CelebAOptions:
 
     def __post_init__(self) -> None:
         _existing("root", self.root)
+        _check_image_size(self.image_size)
 
 
 class CelebAData:

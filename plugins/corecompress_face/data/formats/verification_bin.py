@@ -80,8 +80,10 @@ def load_verification_bin(path: str | os.PathLike[str]) -> VerificationPairs:
         loaded = restricted_loads(path.read_bytes(), NUMPY_BYTE_ARRAYS)
     except ForbiddenPickleError as exc:
         raise DataFormatError(f"{path}: unsafe pickle refused: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise DataFormatError(f"{path}: not a readable pickle of (bins, issame_list): {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError,
+            MemoryError, OverflowError, RecursionError) as exc:  # MemoryError: a length field of 2^60 bytes
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataFormatError(f"{path}: not a readable pickle of (bins, issame_list): {detail}") from None
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
         raise DataFormatError(f"{path}: expected a pickled pair (bins, issame_list), got {type(loaded).__name__}")
     bins, issame_list = loaded
