@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from corecompress.errors import RecipeError, UserError
-from corecompress.options import check_range, join_path, options_to_dict, parse_options, short_repr, shown
+from corecompress.options import check_range, join_path, options_to_dict, parse_options, printable, short_repr, shown
 from corecompress.registry import Registry
 
 RECIPE_VERSION = 1
@@ -163,6 +163,8 @@ class Recipe:
     teacher: TeacherSection | None = None
     train: TrainSection | None = None
     evaluate: list[Any] = field(default_factory=list, metadata={"component": "evaluator"})
+    evaluate_before: bool = field(default=True, metadata={
+        "help": "evaluate the starting model too (off in sweeps whose dense model is measured once elsewhere)"})
     prune: PruneSection | None = None
     retrain: TrainSection | None = None
     export: ExportSection | None = field(default_factory=ExportSection)
@@ -192,6 +194,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     with aliases expanded and ``MAX_RECIPE_DEPTH`` levels of nesting. Every failure is one line.
     """
     p = Path(path)
+    path = printable(str(path))  # as it appears in messages: a control character must not break the line
     if not p.is_file():
         raise UserError(f"{path}: no such recipe file")
     size = p.stat().st_size
@@ -213,7 +216,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise RecipeError("", f"{path}: not valid YAML: a value cannot be read ({shown(detail)})") from None
     if not isinstance(data, dict):
         raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    _check_size(data, str(path))
+    _check_size(data, path)
     return data
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -79,6 +79,9 @@ class Verification:
 
 @dataclass
 class AttributeProbeOptions:
+    head: Literal["auto", "probe", "trained"] = field(default="auto", metadata={
+        "help": "trained = the attribute head trained by the faces_attributes objective; probe = fit one on "
+                "frozen embeddings; auto = trained when there is one"})
     probe_steps: int = field(default=300, metadata={"help": "training steps of the attribute head on frozen embeddings"})
     probe_lr: float = 1e-3
     max_train_images: int = field(default=4000, metadata={"help": "training images embedded for the probe"})
@@ -93,14 +96,21 @@ class AttributeProbe:
         self.options = options
 
     def evaluate(self, model: torch.nn.Module, data: Any, context: Any) -> dict[str, float]:
-        from corecompress_face.evaluation.attributes import evaluate_attributes
         from corecompress_face.models.swinface_heads import FacesAttributeHead
 
         sets = {n: s for n, s in data.evaluation().items() if isinstance(s, AttributeSet)}
-        train = data.train()
-        if not sets or len(train) == 0 or "attributes" not in train[0]:
+        if not sets:
             return {}
         o = self.options
+        trained = (getattr(context, "state", None) or {}).get("attribute_head")
+        if o.head == "trained" or (o.head == "auto" and trained is not None):
+            if trained is None:
+                from corecompress.errors import UserError
+                raise UserError("evaluate.attributes.head: 'trained' needs the faces_attributes objective")
+            return self._score(model, trained, sets)
+        train = data.train()
+        if len(train) == 0 or "attributes" not in train[0]:
+            return {}
         gen = torch.Generator().manual_seed(o.seed)
         pick = torch.randperm(len(train), generator=gen)[: o.max_train_images].sort().values.numpy()
         x_train, _ = embed(model, train, o.batch_size, False, pick)
@@ -117,6 +127,13 @@ class AttributeProbe:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+        return self._score(model, head, sets)
+
+    def _score(self, model: torch.nn.Module, head: torch.nn.Module, sets: dict[str, AttributeSet]) -> dict[str, float]:
+        from corecompress_face.evaluation.attributes import evaluate_attributes
+
+        o = self.options
+        was_training = head.training
         head.eval()
         out: dict[str, float] = {}
         for name, aset in sets.items():
@@ -127,9 +144,10 @@ class AttributeProbe:
             result = evaluate_attributes(logits, labels, attribute_mask=aset.mask)
             out[f"{name}_mean_accuracy"] = 100.0 * result.mean_accuracy
             out[f"{name}_macro_f1"] = 100.0 * result.macro_f1
+        head.train(was_training)
         return out
 
 
 def register(register: Any) -> None:
     register("verification", Verification, VerificationOptions, description="10-fold verification, AUC, EER, TAR@FAR")
-    register("attributes", AttributeProbe, AttributeProbeOptions, description="attribute accuracy (FACES head as a probe)")
+    register("attributes", AttributeProbe, AttributeProbeOptions, description="attribute accuracy (the trained FACES head, or one fitted as a probe)")

@@ -63,6 +63,14 @@ class FacesImportance:
 
 
 @hookimpl
+def register_losses(register: Any) -> None:
+    from corecompress_faces.attributes import FacesAttributeObjective, FacesAttributeOptions
+
+    register("faces_attributes", FacesAttributeObjective, FacesAttributeOptions,
+             description="FACES attribute head (512→1024→BN→ReLU→Dropout→40) with BCE")
+
+
+@hookimpl
 def register_importances(register: Any) -> None:
     register("faces", FacesImportance, FacesOptions,
              description="FACES: |LayerNorm γ| (transformers) / |BN or affine γ| (CNNs, network slimming)")
