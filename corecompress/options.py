@@ -38,6 +38,12 @@ def shown(text: Any) -> str:
     return short_repr(text)
 
 
+def printable(text: str) -> str:
+    """``text`` itself, or its ``repr`` when it holds a line break or another control character
+    (file names in one-line messages; never shortened)."""
+    return text if text.isprintable() else repr(text)
+
+
 def quoted(text: Any) -> str:
     """``'text'`` for a plain name, or its shortened ``repr`` (already quoted) for anything odd."""
     plain = shown(text)

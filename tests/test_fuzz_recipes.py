@@ -141,8 +141,9 @@ def mutated_recipe(draw: Any, base_names: tuple[str, ...], values: st.SearchStra
     recipe = copy.deepcopy(yaml.safe_load(RECIPES[draw(st.sampled_from(base_names))].read_text()))
     if cheap:
         recipe = smoke_for_running()
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["perturb"] * 4 + ["delete", "rename", "retype", "insert", "component", "matrix", "seeds"]))
+    ops = ["perturb"] * 4 + ["delete", "rename", "retype", "insert", "component"] + ([] if cheap else ["matrix", "seeds"])
+    for _ in range(draw(st.integers(1, 2 if cheap else 3))):  # (``run`` ignores matrix and seeds)
+        op = draw(st.sampled_from(ops))
         paths = list(all_paths(recipe))
         if op == "perturb" and paths:
             path = draw(st.sampled_from(paths))
@@ -203,9 +204,11 @@ def scratch() -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def _restore_torch_state() -> Iterator[None]:
     """A fuzzed recipe may set threads or deterministic mode; other tests must not inherit them."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs seconds the first time
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def error_lines(err: str) -> list[str]:
@@ -248,13 +251,13 @@ def check_validate_and_failed_run(cli: Any, text: str | bytes) -> int:
 
 
 # ------------------------------------------------------------------------------------------ tests
-@fuzz_settings(120)
+@fuzz_settings(80)
 @given(recipe=mutated_recipe(tuple(RECIPES)))
 def test_mutated_recipes_validate_or_fail_in_one_line(cli: Any, recipe: dict) -> None:
     check_validate_and_failed_run(cli, dump(recipe))
 
 
-@fuzz_settings(100)
+@fuzz_settings(70)
 @given(recipe=RANDOM_RECIPES)
 def test_random_structures_validate_or_fail_in_one_line(cli: Any, recipe: Any) -> None:
     check_validate_and_failed_run(cli, dump(recipe))
@@ -285,44 +288,8 @@ def clamp_work(recipe: dict) -> dict:
     return recipe
 
 
-def _section(recipe: dict, key: str) -> dict:
-    value = recipe.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _ints(mapping: dict, keys: tuple[str, ...]) -> list[int]:
-    return [v for k, v in mapping.items() if k in keys and isinstance(v, int) and not isinstance(v, bool)]
-
-
-def known_runtime_gap(recipe: dict) -> str:
-    """Recipes that validate but crash at run time because of option checks missing in files outside
-    this test's reach (reported to the lead, each pinned by a strict xfail test below). Returns why."""
-    model, data = _section(recipe, "model"), _section(recipe, "data")
-    if model.get("name") == "tiny_vit" and any(v < 1 for v in _ints(model, ("img_size", "patch", "dim", "depth",
-                                                                             "num_heads", "mlp_ratio", "num_outputs"))):
-        return "tiny_vit option < 1"
-    classes = data.get("num_classes", 10) if data.get("name") == "synthetic_prototypes" else None
-    outputs = model.get("num_outputs", 10) if model.get("name") == "tiny_vit" else None
-    if isinstance(classes, int) and isinstance(outputs, int) and outputs < classes:
-        return "model has fewer outputs than the data has classes"
-    if data.get("name") == "synthetic_prototypes" and any(
-            v < 1 for v in _ints(data, ("train_per_class", "test_per_class", "img_size"))):
-        return "synthetic_prototypes size < 1"
-    for item in recipe.get("evaluate") or []:
-        if isinstance(item, dict) and item.get("name") == "efficiency":
-            sizes = item.get("batch_sizes", [1])
-            if _ints(item, ("repeats",)) and item["repeats"] < 10:
-                return "efficiency repeats < 10"
-            if isinstance(sizes, list) and any(isinstance(b, int) and b < 1 for b in sizes):
-                return "efficiency batch size < 1"
-            if _ints(item, ("threads",)) and item["threads"] < 1:
-                return "efficiency threads < 1"
-    return ""
-
-
-@fuzz_settings(25)
-@given(recipe=mutated_recipe(("smoke",), CHEAP_VALUES, cheap=True).map(clamp_work).filter(
-    lambda recipe: not known_runtime_gap(recipe)))
+@fuzz_settings(20)
+@given(recipe=mutated_recipe(("smoke",), CHEAP_VALUES, cheap=True).map(clamp_work))
 def test_mutated_smoke_runs_or_fails_cleanly(cli: Any, recipe: dict) -> None:
     """A mutated smoke recipe: if it validates, ``run`` finishes (status complete) or fails with one line
     and a directory whose status is not ``complete``; if it does not validate, no directory at all."""
@@ -385,7 +352,7 @@ def test_recursive_alias_is_refused(cli: Any, tmp_path: Path) -> None:
     assert code == 2 and "recursive recipe" in err and len(error_lines(err)) == 1, err
 
 
-@pytest.mark.parametrize("depth", [65, 3000])
+@pytest.mark.parametrize("depth", [65, 600])
 def test_deep_nesting_is_refused(cli: Any, tmp_path: Path, depth: int) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("version: 1\ndescription: " + "[" * depth + "]" * depth + "\n")
@@ -413,24 +380,29 @@ def test_aliases_used_sensibly_still_validate(cli: Any, tmp_path: Path) -> None:
     assert code == 0 and "valid (recipe 'smoke'" in out, err
 
 
+HEAD = "version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\n"
+
+
 @pytest.mark.parametrize("text, expected", [
     ("version: 1\ndescription: 2020-13-45\n", "a value cannot be read (month must be in 1..12)"),
     ("version: !!bool maybe\n", "a value cannot be read"),
     ("version: !!int one\n", "a value cannot be read"),
     ("!!int ", "a value cannot be read"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, lr: " + "9" * 400 + "}\n",
+    ("version: 1\nmodel: tiny_vit\ndata: []\n", "data: expected a component name or a mapping with 'name', got a list"),
+    ("version: 1\nmodel: [tiny_vit, tiny_cnn]\ndata: synthetic_prototypes\n", "model: expected a component name"),
+    (HEAD + "train: {steps: 1, lr: " + "9" * 400 + "}\n",
      "train.lr: number too large"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, lr: .nan}\n", "train.lr: expected a number, got nan"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, log_every: 0}\n", "train.log_every: must be at least 1"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, num_workers: -1}\n", "train.num_workers: must be at least 0"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, momentum: -1}\n", "train.momentum: must be in"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\ntrain: {steps: 1, weight_decay: -1}\n", "train.weight_decay: must be in"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\nseed: 18446744073709551616\n", "seed: must be in [0, 2^63)"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\nthreads: -1\n", "threads: must be in [0, 4096]"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\nname: \"a\\0b\"\n", "name: must be a non-empty name"),
+    (HEAD + "train: {steps: 1, lr: .nan}\n", "train.lr: expected a number, got nan"),
+    (HEAD + "train: {steps: 1, log_every: 0}\n", "train.log_every: must be at least 1"),
+    (HEAD + "train: {steps: 1, num_workers: -1}\n", "train.num_workers: must be at least 0"),
+    (HEAD + "train: {steps: 1, momentum: -1}\n", "train.momentum: must be in"),
+    (HEAD + "train: {steps: 1, weight_decay: -1}\n", "train.weight_decay: must be in"),
+    (HEAD + "seed: 18446744073709551616\n", "seed: must be in [0, 2^63)"),
+    (HEAD + "threads: -1\n", "threads: must be in [0, 4096]"),
+    (HEAD + "name: \"a\\0b\"\n", "name: must be a non-empty name"),
     ("version: 1\nmodel: \"tiny\\nvit\"\ndata: synthetic_prototypes\n", "model: unknown model 'tiny\\nvit'"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\nprune: {\"sco\\npe\": local}\n", "prune.'sco\\npe': unknown option"),
-    ("version: 1\nmodel: tiny_vit\ndata: synthetic_prototypes\nprune: {scope: [" + ", ".join(["x" * 50] * 50) + "]}\n",
+    (HEAD + "prune: {\"sco\\npe\": local}\n", "prune.'sco\\npe': unknown option"),
+    (HEAD + "prune: {scope: [" + ", ".join(["x" * 50] * 50) + "]}\n",
      "prune.scope: must be one of 'local', 'global', got ["),
 ])
 def test_found_by_fuzzing(cli: Any, tmp_path: Path, text: str, expected: str) -> None:
@@ -489,12 +461,81 @@ def test_random_command_lines_exit_cleanly(cli: Any, argv: list[str]) -> None:
         os.chdir(folder)
         try:
             code, _out, err = cli(*args)
+        except Exception:
+            if any("\x00" in a for a in args):  # pinned by test_known_gap_nul_in_output_path
+                event("known gap: NUL in a path")
+                return
+            raise
         finally:
             os.chdir(previous)
         event(f"exit {code}")
         assert code in (0, 1, 2), (args, code, err)
         assert "Traceback" not in err, err
+        lines = error_lines(err)
+        # cli.py prints an unknown kind as typed (pinned by test_known_gap_options_kind_with_line_break)
+        known_gap = len(lines) > 1 and lines[0].startswith("error: unknown kind '")
         if code == 1:
-            assert len(error_lines(err)) == 1, err
-        if code == 2 and not err.startswith("usage:") and "usage:" not in err:
-            assert len(error_lines(err)) == 1 and error_lines(err)[0].startswith("error: "), (args, err)
+            assert len(lines) == 1, err
+        if code == 2 and "usage:" not in err and not known_gap:
+            assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+
+
+# ------------------------------------------------------- known gaps outside this test's files (strict xfail)
+KNOWN_GAP = "found by fuzzing; the fix belongs to a file this fuzz suite does not own (see the issue 7 report)"
+TINY = {"version": 1, "name": "gap", "threads": 1, "model": {"name": "tiny_vit", "num_outputs": 4},
+        "data": {"name": "synthetic_prototypes", "num_classes": 4, "train_per_class": 2, "test_per_class": 2},
+        "train": {"steps": 1, "batch_size": 4}}
+
+
+def _with(path: str, value: Any) -> dict:
+    recipe = copy.deepcopy(TINY)
+    node = recipe
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return recipe
+
+
+@pytest.mark.parametrize("recipe", [
+    _with("model.num_outputs", -1),                        # corecompress_core/models.py: TinyViTOptions
+    _with("data.test_per_class", -2),                      # corecompress_core/data.py: PrototypeOptions
+    _with("evaluate", [{"name": "efficiency", "repeats": 2}]),         # corecompress_core/evaluators.py
+    _with("evaluate", [{"name": "efficiency", "batch_sizes": [0]}]),   # corecompress_core/evaluators.py
+    _with("evaluate", [{"name": "efficiency", "threads": 0}]),         # corecompress_core/evaluators.py
+], ids=["tiny_vit-num_outputs", "prototypes-test_per_class", "efficiency-repeats", "efficiency-batch_sizes",
+        "efficiency-threads"])
+def test_option_validated_before_running(cli: Any, tmp_path: Path, recipe: dict) -> None:
+    """Found by fuzzing: these once validated and then crashed with a traceback in the middle of the run."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _out, err = cli("validate", path)
+    assert code == 2 and len(error_lines(err)) == 1, err
+
+
+def test_fewer_outputs_than_classes_is_one_line(cli: Any, tmp_path: Path) -> None:
+    """Found by fuzzing: num_outputs 2 with 4 classes once gave an IndexError from cross-entropy."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_with("model.num_outputs", 2)))
+    code, _out, err = cli("run", path, "--out", tmp_path / "run")
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
+def test_known_gap_options_kind_with_line_break(cli: Any) -> None:
+    """cli.py cmd_options prints the kind as typed: a line break splits the error line."""
+    code, _out, err = cli("options", "a\rb", "run")
+    assert code == 2 and len(error_lines(err)) == 1, err
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
+@pytest.mark.parametrize("command", ["run", "export"])
+def test_known_gap_nul_in_output_path(cli: Any, tmp_path: Path, command: str) -> None:
+    """``--out 'a\\0b'``: ValueError (run) / SafetensorError (export) escape cli.main with a traceback."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    assert cli("run", path, "--out", tmp_path / "run")[0] == 0
+    args = ("run", path, "--out", f"{tmp_path}/a\x00b") if command == "run" else \
+        ("export", tmp_path / "run", "--out", f"{tmp_path}/m\x00.safetensors")
+    code, _out, err = cli(*args)
+    assert code == 2 and len(error_lines(err)) == 1, err

@@ -23,6 +23,11 @@ class PrototypeOptions:
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ValueError("num_classes: must be at least 2")
+        for name in ("train_per_class", "test_per_class", "img_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if not self.noise >= 0:
+            raise ValueError("noise: must be non-negative")
 
 
 class PrototypeSet(Dataset):

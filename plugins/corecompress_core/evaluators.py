@@ -20,6 +20,10 @@ class AccuracyOptions:
     batch_size: int = 64
     sets: list[str] = field(default_factory=list, metadata={"help": "evaluation sets to use (default: all with labels)"})
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be at least 1")
+
 
 class Accuracy:
     """Top-1 accuracy of the model's outputs on every labelled evaluation set."""
@@ -51,6 +55,16 @@ class EfficiencyOptions:
     repeats: int = field(default=10, metadata={"help": "timed runs (≥ 10); the median is reported"})
     threads: int | None = field(default=None, metadata={"help": "torch threads while timing (default: current)"})
     speed: bool = field(default=True, metadata={"help": "measure throughput (off: only params and MACs)"})
+
+    def __post_init__(self) -> None:
+        from corecompress.measure import MIN_REPEATS
+
+        if self.repeats < MIN_REPEATS:
+            raise ValueError(f"repeats: must be at least {MIN_REPEATS} (the median of at least {MIN_REPEATS} runs)")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError("batch_sizes: give batch sizes of at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads: must be at least 1 (or null)")
 
 
 class Efficiency:

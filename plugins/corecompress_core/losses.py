@@ -24,6 +24,11 @@ class CrossEntropy(torch.nn.Module):
         """Nothing to prepare: the model's outputs are the logits."""
 
     def forward(self, outputs: torch.Tensor, batch: dict[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
+        top = int(batch["label"].max())
+        if top >= outputs.shape[1]:
+            from corecompress.errors import UserError
+            raise UserError(f"objective: cross_entropy got label {top} but the model has only {outputs.shape[1]} "
+                            "outputs; set the model's num_outputs to the number of classes")
         loss = F.cross_entropy(outputs, batch["label"], label_smoothing=self.options.label_smoothing)
         return {"loss": loss, "ce": loss.detach()}
 

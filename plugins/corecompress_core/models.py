@@ -21,6 +21,9 @@ class TinyViTOptions:
     num_outputs: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("img_size", "patch", "dim", "depth", "num_heads", "mlp_ratio", "num_outputs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
         if self.img_size % self.patch:
             raise ValueError("img_size: must be a multiple of patch")
         if self.dim % self.num_heads:
@@ -34,6 +37,11 @@ class TinyCNNOptions:
     inner: int = 16
     depth: int = 2
     num_outputs: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "channels", "inner", "depth", "num_outputs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
 
 
 class TinyViTAdapter:

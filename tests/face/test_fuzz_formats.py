@@ -18,6 +18,7 @@ import os
 import pickle
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from corecompress.errors import DataFormatError, UserError
+from corecompress.errors import DataFormatError
 from corecompress_face.data.formats.celeba import read_celeba_attributes, read_celeba_partition
 from corecompress_face.data.formats.identity_folders import IdentityFolderDataset
 from corecompress_face.data.formats.lfw import read_lfw_pairs
@@ -88,7 +89,7 @@ LABELS = [0, 0, 1, 2]
 BIG_NUMBERS = [2**31, 2**32 - 1, 2**63 - 1, 2**63, 2**64 + 5, 10**30]
 IDX_TOKENS = st.one_of(st.integers(-5, 5000), st.sampled_from(BIG_NUMBERS), st.sampled_from(
     ["", "x", "1.5", "-0", "0x10", "1e3", "\x00", "１２", "٣", "1_0", " ", "\t\t", "nan"]))
-FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-1.0, 0.5, 1e30, 3.0, 4.0, 5.0]))
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([-1.0, 0.5, 1e30, 3.0, 4.0, 5.0]))
 
 RECORDIO_MUTATIONS = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, 10**6)),
@@ -98,7 +99,8 @@ RECORDIO_MUTATIONS = st.one_of(
     st.tuples(st.just("idx_duplicate"), st.integers(0, 9)),
     st.tuples(st.just("idx_drop"), st.integers(0, 9)),
     st.tuples(st.just("idx_bytes"), st.binary(max_size=60)),
-    st.tuples(st.just("property"), st.one_of(st.text(max_size=20), st.sampled_from(["0,112,112", "3,-1,5", "1,2", "9" * 30 + ",1,1"]))),
+    st.tuples(st.just("property"), st.one_of(st.text(max_size=20),
+                                             st.sampled_from(["0,112,112", "3,-1,5", "1,2", "9" * 30 + ",1,1"]))),
     st.tuples(st.just("property_bytes"), st.binary(max_size=20)),
     st.tuples(st.just("delete"), st.sampled_from(["train.rec", "train.idx", "property"])),
     st.tuples(st.just("flag"), st.integers(0, 5), st.one_of(st.integers(0, 12), st.sampled_from([2**31, 2**32 - 1]))),
@@ -177,7 +179,7 @@ def recordio_set(draw: Any) -> tuple[list[bytes | np.ndarray], str]:
     return images, draw(st.sampled_from(["PNG", "JPEG"]))
 
 
-@fuzz_settings(150)
+@fuzz_settings(120)
 @given(packed=recordio_set(), mutations=st.lists(RECORDIO_MUTATIONS, min_size=0, max_size=3))
 def test_damaged_recordio_loads_or_fails_cleanly(packed: tuple, mutations: list[tuple]) -> None:
     images, image_format = packed
@@ -203,6 +205,7 @@ def test_recordio_findings(tmp_path: Path) -> None:
         "meta label inf": (("label_array", 0, float("inf")), "meta record announces inf images"),
         "meta label huge": (("label_array", 0, 1e30), "but the index has"),
         "meta label 1e9": (("label_array", 0, 1e9), "but the index has"),
+        "image label 1e30": (("label", 1, 1e30), "not a non-negative integer class id"),
     }
     for name, (mutation, expected) in cases.items():
         folder = fresh(name.replace(" ", "_"))
@@ -217,6 +220,7 @@ def test_recordio_findings(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- verification .bin
 PNG = encoded(rgb(6, 6, 7))
+GREY_JPEG = encoded(rgb(6, 6, 8)[:, :, 0], "JPEG")
 BIN_ITEMS = st.one_of(st.just(PNG), st.just(np.frombuffer(PNG, np.uint8)), st.binary(max_size=30), st.just(PNG[:20]),
                       st.just(b""), st.text(max_size=5), st.integers(), st.none(), st.just(np.zeros((2, 2), np.uint8)),
                       st.just(np.frombuffer(PNG, np.uint8).astype(np.int16)), st.just(bytearray(PNG)))
@@ -235,8 +239,18 @@ MALICIOUS_GLOBALS = [("os", "system"), ("builtins", "eval"), ("subprocess", "Pop
 
 @st.composite
 def bin_payload(draw: Any) -> bytes:
-    shape = draw(st.sampled_from(["structured", "random_pickle", "malicious", "valid_damaged", "raw"]))
+    shape = draw(st.sampled_from(["nearly_valid"] * 3 + ["structured", "random_pickle", "malicious", "valid_damaged", "raw"]))
     protocol = draw(st.integers(0, pickle.HIGHEST_PROTOCOL))
+    if shape == "nearly_valid":  # insightface's layout, at most one entry replaced by anything
+        pairs = draw(st.integers(0, 3))
+        bins = draw(st.lists(st.sampled_from([PNG, np.frombuffer(PNG, np.uint8), bytearray(PNG), GREY_JPEG]),
+                             min_size=2 * pairs, max_size=2 * pairs))
+        issame = draw(st.lists(st.sampled_from([True, False, 0, 1, np.bool_(False)]), min_size=pairs, max_size=pairs))
+        if bins and draw(st.booleans()):
+            bins[draw(st.integers(0, len(bins) - 1))] = draw(BIN_ITEMS)
+        if issame and draw(st.booleans()):
+            issame[draw(st.integers(0, len(issame) - 1))] = draw(FLAGS)
+        return pickle.dumps((bins, issame), protocol=protocol)
     if shape == "structured":
         bins = draw(st.lists(BIN_ITEMS, max_size=6))
         issame = draw(st.one_of(st.lists(FLAGS, max_size=4), st.just(np.array([True, False])), FLAGS))
@@ -268,7 +282,7 @@ def read_all_bin(path: Path) -> None:
     pairs.decode_all()
 
 
-@fuzz_settings(200)
+@fuzz_settings(150)
 @given(payload=bin_payload())
 def test_damaged_verification_bin_loads_or_fails_cleanly(payload: bytes) -> None:
     with scratch() as folder:
@@ -321,9 +335,10 @@ def image_file(kind: str, seed: int) -> tuple[str, bytes]:
         return "k.png", np.random.default_rng(seed).bytes(50)
     if kind == "truncated_png":
         return "l.png", encoded(rgb(20, 20, seed))[:60]
-    if kind == "huge_header_png":  # IHDR of 100000 x 100000: a decompression bomb
+    if kind == "huge_header_png":  # IHDR (with a correct CRC) of 100000 x 100000: a decompression bomb
         data = bytearray(encoded(rgb(2, 2, seed)))
         struct.pack_into(">II", data, 16, 100000, 100000)
+        struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
         return "m.png", bytes(data)
     if kind == "text":
         return "notes.txt", b"hello"
@@ -340,10 +355,24 @@ def encoded_mode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def test_decompression_bomb_header_is_a_format_error(tmp_path: Path) -> None:
+    """Found by fuzzing: PIL's DecompressionBombError (not an OSError) escaped the image readers."""
+    from corecompress_face.data.formats._images import decode_image_bytes
+
+    name, content = image_file("huge_header_png", 0)
+    with pytest.raises(DataFormatError, match="decompression bomb"):
+        decode_image_bytes(content, "bomb")
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / name).write_bytes(content)
+    with pytest.raises(DataFormatError, match=f"{name}: not a decodable image"):
+        IdentityFolderDataset(tmp_path)[0]
+
+
 FILE_KINDS = ["rgb_png", "grey_jpg", "rgba_png", "png16", "palette_bmp", "one_bit_tif", "float_tif", "cmyk_jpg",
               "wide_webp", "zero_bytes", "random_bytes", "truncated_png", "huge_header_png", "text", "no_extension",
               "hidden"]
-FOLDER = st.one_of(st.just("nested"), st.lists(st.sampled_from(FILE_KINDS), max_size=3, unique=True))
+READABLE_KINDS = ["rgb_png", "grey_jpg", "rgba_png", "png16", "palette_bmp", "cmyk_jpg", "wide_webp"]
+FOLDER = st.one_of(st.just("nested"), st.lists(st.sampled_from(FILE_KINDS + READABLE_KINDS * 6), max_size=3, unique=True))
 
 
 @fuzz_settings(120)
@@ -365,15 +394,18 @@ def test_identity_folders_load_or_fail_cleanly(folders: dict, root_files: list[s
                 file_name, content = image_file(kind, number)
                 (root / identity / file_name).write_bytes(content)
 
+        visible = {k: v for k, v in folders.items() if not k.startswith(".")}
+
         def load() -> None:
             dataset = IdentityFolderDataset(root, image_size=image_size)
+            assert dataset.classes == sorted(visible)  # labels = positions in sorted order, hidden folders skipped
+            assert len(dataset) == sum(len([f for f in files if f != "hidden"]) for files in visible.values())
             for index in range(len(dataset)):
                 image, label = dataset[index]
                 check_image(image, None if image_size is None else (image_size, image_size))
                 assert 0 <= label < dataset.num_classes
 
         result = outcome(load, folder)
-        visible = {k: v for k, v in folders.items() if not k.startswith(".")}
         empty = any(isinstance(v, list) and not [f for f in v if f != "hidden"] for v in visible.values())
         if not visible or empty or any(v == "nested" for v in visible.values()):
             assert result == "error"  # an empty identity would silently shift every label after it
@@ -429,15 +461,17 @@ def lfw_lines() -> list[str]:
 
 LFW_EDITS = st.one_of(
     st.tuples(st.just("replace"), st.integers(0, 8), st.one_of(st.text(max_size=20), st.sampled_from(
-        ["Ann 0 1", "Ann -1 2", "Ann x 2", "Ann 1", "Ann 1 2 3 4 5", "10 300", "0 5", "a b", "1100", "", "Ann 1 Bob"]))),
+        ["Ann 0 1", "Ann -1 2", "Ann x 2", "Ann 1", "Ann 1 2 3 4 5", "10 300", "0 5", "a b", "1100", "", "Ann 1 Bob",
+         "Ann 1 2", "Ann 1 Bob 2", "Ann 01 +2"]))),  # the last three are well-formed lines (wrong place or not)
     st.tuples(st.just("delete"), st.integers(0, 8), st.just("")),
     st.tuples(st.just("insert"), st.integers(0, 8), st.sampled_from(["", "Ann 1 2", "Zed 1 Yan 2"])),
 )
 
 
 @fuzz_settings(120)
-@given(edits=st.lists(LFW_EDITS, max_size=3), check_files=st.booleans(), raw=st.one_of(st.none(), st.binary(max_size=60)))
-def test_lfw_pairs_load_or_fail_cleanly(edits: list[tuple], check_files: bool, raw: bytes | None) -> None:
+@given(edits=st.lists(LFW_EDITS, max_size=2), check_files=st.booleans(), with_images=st.booleans(),
+       raw=st.one_of(st.none(), st.none(), st.binary(max_size=60)))
+def test_lfw_pairs_load_or_fail_cleanly(edits: list[tuple], check_files: bool, with_images: bool, raw: bytes | None) -> None:
     lines = lfw_lines()
     for kind, line, text in edits:
         position = line % max(1, len(lines))
@@ -453,14 +487,21 @@ def test_lfw_pairs_load_or_fail_cleanly(edits: list[tuple], check_files: bool, r
             path.write_bytes(raw)
         else:
             path.write_text("\n".join(lines) + "\n", errors="surrogatepass")
+        if with_images:  # every image the unedited file names
+            for name, number in [("Ann", 1), ("Ann", 2), ("Bob", 2), ("Bob", 3), ("Bob", 4), ("Cid", 1), ("Dee", 1),
+                                 ("Eve", 1), ("Eve", 2), ("Fay", 1), ("Fay", 2), ("Fay", 3), ("Gus", 4), ("Hal", 1)]:
+                (folder / "lfw" / name).mkdir(parents=True, exist_ok=True)
+                (folder / "lfw" / name / f"{name}_{number:04d}.jpg").write_bytes(b"")
 
         def load() -> None:
             pairs = read_lfw_pairs(path, folder / "lfw", check_files=check_files)
             assert all(pair.path1.name.endswith(".jpg") and isinstance(pair.issame, bool) for pair in pairs)
+            if check_files:
+                assert all(pair.path1.is_file() and pair.path2.is_file() for pair in pairs)
 
         result = outcome(load, folder)
         if raw is None and not edits:
-            assert result == ("error" if check_files else "ok")  # no images on disk: check_files must say so
+            assert result == ("error" if check_files and not with_images else "ok")
 
 
 # ------------------------------------------------------------------- through the dataset components
@@ -476,6 +517,10 @@ def write_identity_root(root: Path, empty_identity: bool = False) -> None:
 def tiny_recipe(data: dict) -> dict:
     return {"version": 1, "name": "fuzz", "threads": 1, "model": {"name": "tiny_vit", "num_outputs": 3},
             "data": {"image_size": 16, **data}, "train": {"steps": 1, "batch_size": 6}}
+
+
+def folders_recipe(root: Path) -> dict:
+    return tiny_recipe({"name": "identity_folders", "root": str(root)})
 
 
 def run_recipe_cli(cli: Any, folder: Path, recipe: dict) -> tuple[int, str, dict]:
@@ -497,10 +542,10 @@ def run_recipe_cli(cli: Any, folder: Path, recipe: dict) -> tuple[int, str, dict
 
 def test_identity_folders_component_empty_identity_exit_2(cli: Any, tmp_path: Path) -> None:
     write_identity_root(tmp_path / "ok")
-    code, err, _status = run_recipe_cli(cli, tmp_path / "ok_run", tiny_recipe({"name": "identity_folders", "root": str(tmp_path / "ok")}))
+    code, err, _status = run_recipe_cli(cli, tmp_path / "ok_run", folders_recipe(tmp_path / "ok"))
     assert code == 0, err  # the control: the same recipe on an intact folder runs
     write_identity_root(tmp_path / "bad", empty_identity=True)
-    code, err, status = run_recipe_cli(cli, tmp_path / "bad_run", tiny_recipe({"name": "identity_folders", "root": str(tmp_path / "bad")}))
+    code, err, status = run_recipe_cli(cli, tmp_path / "bad_run", folders_recipe(tmp_path / "bad"))
     assert code == 2 and "bob_2: identity folder is empty" in err
     assert status.get("state") == "failed"
 
@@ -515,6 +560,22 @@ def test_dataset_image_size_is_checked_when_validating(cli: Any, tmp_path: Path,
         code, _out, err = cli("run", path, "--out", tmp_path / "run")
         assert code == 2 and "data.image_size: must be in" in err, err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"seed": -1}, "data.seed: must be >= 0"),
+    ({"difficulty": float("nan")}, "data.difficulty: expected a number, got nan"),
+    ({"difficulty": float("inf")}, "data.difficulty: must be a finite number"),
+    ({"eval_pairs": 0}, "data.eval_pairs: must be at least 1"),
+    ({"image_size": 10**6}, "data.image_size: must be in [32, 2048]"),
+])
+def test_synthetic_faces_options_are_checked_when_validating(cli: Any, tmp_path: Path, options: dict, expected: str) -> None:
+    """Found by fuzzing: these validated, then SyntheticFaceConfig raised a ValueError (a traceback) mid-run."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe({"name": "synthetic_faces", "image_size": 32, **options})))
+    code, _out, err = cli("run", path, "--out", tmp_path / "run")
+    assert code == 2 and expected in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @fuzz_settings(8)
@@ -538,7 +599,7 @@ def test_damaged_identity_folder_through_run(cli: Any, files: list[str]) -> None
         for kind in files:
             name, content = image_file(kind, 3)
             (folder / "root" / "carol" / name).write_bytes(content)
-        code, _err, _status = run_recipe_cli(cli, folder / "out", tiny_recipe({"name": "identity_folders", "root": str(folder / "root")}))
+        code, _err, _status = run_recipe_cli(cli, folder / "out", folders_recipe(folder / "root"))
         event(f"run exit {code}")
         if not set(files) - {"rgb_png", "grey_jpg", "rgba_png", "png16", "palette_bmp", "wide_webp", "hidden", "cmyk_jpg"}:
             assert code == 0  # every file is a readable image: the run must not fail

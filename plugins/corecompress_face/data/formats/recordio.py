@@ -38,6 +38,7 @@ from .recordio_format import (
     LENGTH_BITS,
     LENGTH_MASK,
     MAGIC_BYTES,
+    MAX_CLASS_ID,
     RECORD_HEAD,
     RECORDIO_MAGIC,
     RecordHeader,
@@ -251,7 +252,8 @@ class RecordIODataset:
             meta, rest = self.read_record(0)
             if meta.flag > 0 and not rest:  # a meta record carries no image
                 announced = meta.label[0]
-                if not math.isfinite(announced) or announced != int(announced) or not 1 <= announced <= self._keys.size:
+                if (not math.isfinite(announced) or announced != int(announced)
+                        or not 1 <= announced <= self._keys.size):  # found by fuzzing: nan, inf, 1e30
                     raise DataFormatError(f"{self.rec_path}: key 0: meta record announces {announced - 1:g} images, "
                                           f"but the index has {self._keys.size} keys")
                 end = int(announced)
@@ -299,7 +301,8 @@ class RecordIODataset:
                 if len(chunk) == fast_head.size:
                     magic, lrec, flag, label = fast_head.unpack(chunk)
                     if (magic == RECORDIO_MAGIC and lrec >> LENGTH_BITS == 0 and flag == 0 and math.isfinite(label)
-                            and label >= 0 and label == int(label) and offset + 8 + (lrec & LENGTH_MASK) <= self._file_size
+                            and 0 <= label <= MAX_CLASS_ID and label == int(label)
+                            and offset + 8 + (lrec & LENGTH_MASK) <= self._file_size
                             and (lrec & LENGTH_MASK) >= IMAGE_HEADER.size):
                         labels[index] = int(label)
                         continue

@@ -22,6 +22,7 @@ LENGTH_BITS = 29
 LENGTH_MASK = (1 << LENGTH_BITS) - 1
 RECORD_HEAD = struct.Struct("<II")
 IMAGE_HEADER = struct.Struct("<IfQQ")
+MAX_CLASS_ID = 2**31 - 1  # found by fuzzing: a label of 1e30 overflowed the int64 label array
 
 @dataclass(frozen=True)
 class RecordHeader:
@@ -67,8 +68,8 @@ def parse_header(payload: bytes, where: str) -> tuple[RecordHeader, int]:
 def class_label(header: RecordHeader, where: str) -> int:
     """The identity label of an image record: its label (first value when an array)."""
     value = header.label[0]
-    if not math.isfinite(value) or value < 0 or value != int(value):
-        raise DataFormatError(f"{where}: label {value!r} is not a non-negative integer class id")
+    if not math.isfinite(value) or not 0 <= value <= MAX_CLASS_ID or value != int(value):
+        raise DataFormatError(f"{where}: label {value!r} is not a non-negative integer class id below 2^31")
     return int(value)
 
 
