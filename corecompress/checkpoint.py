@@ -2,7 +2,8 @@
 
 A checkpoint ``<phase>-step<N>`` holds the model (``model.safetensors``), the objective's state
 (``objective.safetensors``: margin heads, AdaDistill centres — buffers included), the optimizer and
-the random-number generators (tensors in ``*.safetensors``, the rest in ``*.json``), the soft masks
+the random-number generators (tensors in ``*.safetensors``, the rest in ``*.json``; under torchrun
+rank 0's as ``rng`` and rank r's as ``rng-rank<r>``), the soft masks
 if any, ``info.json`` (phase, step, loss history) and ``manifest.json`` (size and SHA-256 of every
 file). It is written into a hidden temporary directory, flushed to disk and renamed, so a crash
 leaves either the whole checkpoint or none; a truncated or corrupt one fails verification with one
@@ -56,6 +57,11 @@ class CheckpointWriteError(OSError):
 
 def checkpoint_name(phase: str, step: int) -> str:
     return f"{phase}-step{step:07d}"
+
+
+def rank_rng_part(rank: int) -> str:
+    """The checkpoint part holding the generator state of rank ``rank`` > 0 of a distributed run."""
+    return f"rng-rank{rank}"
 
 
 # --- nested state (optimizer, RNG) as safetensors + JSON ----------------------------------------
@@ -150,8 +156,11 @@ def _save_tree(folder: Path, part: str, obj: Any) -> None:
 
 def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, info: dict[str, Any], keep: int = 2,
-                    masks: dict[str, torch.Tensor] | None = None, rng: dict[str, Any] | None = None) -> Path:
+                    masks: dict[str, torch.Tensor] | None = None, rng: dict[str, Any] | None = None,
+                    rank_rngs: list[dict[str, Any]] | None = None) -> Path:
     """Write ``root/name`` atomically; keep the newest ``keep`` checkpoints of the same phase.
+
+    ``rank_rngs``: the generator states of ranks 1, 2, … of a distributed run (``rng`` is rank 0's).
 
     A failed write (e.g. ENOSPC) removes the partial temporary directory and raises
     :class:`CheckpointWriteError`; the checkpoints already there are left untouched.
@@ -172,6 +181,8 @@ def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective:
             _save_tree(tmp, "optimizer", optimizer.state_dict())
         if rng is not None:
             _save_tree(tmp, "rng", rng)
+        for rank, state in enumerate(rank_rngs or [], start=1):
+            _save_tree(tmp, rank_rng_part(rank), state)
         if masks:
             save_file({k: v.detach().cpu().contiguous() for k, v in masks.items()}, str(tmp / "masks.safetensors"))
         (tmp / "info.json").write_text(json.dumps(info, indent=1, default=str))

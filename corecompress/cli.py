@@ -4,11 +4,17 @@ Exit codes: 0 success; 2 a user mistake (one line ``error: ...``); 1 a failure t
 user's input — an operating-system error such as a full disk (checkpoints already written stay
 usable), or an ONNX file that does not match PyTorch (one line ``error: ...``);
 130 interrupted by Ctrl-C (training writes a checkpoint first; ``run --resume DIR`` continues).
+
+``torchrun --nproc_per_node=N -m corecompress run RECIPE`` runs data-parallel (docs/distributed.md):
+``run`` joins the process group first; rank 0 prints the results; a failure on rank 0 is printed by
+rank 0 alone, a failure of another rank with a ``[rank r]`` prefix. Every rank exits with the codes
+above; torchrun itself then exits with 1 when any rank failed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -48,9 +54,12 @@ def load_for_recipe(path: str, strict: bool | None = None) -> tuple[dict, Any, A
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from corecompress import distributed
     from corecompress.rundir import default_run_dir
     from corecompress.runner import RunAlreadyComplete, resume_run, run_recipe
 
+    distributed.init_from_env()  # under torchrun: join the process group (validation below runs on every rank)
+    main = distributed.is_main()
     if args.resume:
         if args.recipe or args.out or args.force:
             raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
@@ -58,19 +67,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             ctx = _interruptible(lambda: resume_run(out, strict=args.strict), out)
         except RunAlreadyComplete as exc:
-            print(f"note: {exc}")
+            if main:
+                print(f"note: {exc}")
             return 0
     else:
         if not args.recipe:
             raise UserError("run: name a recipe file, or --resume RUN_DIR")
         raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
-        if recipe.matrix or recipe.seeds:
+        if (recipe.matrix or recipe.seeds) and main:
             print("note: this recipe has a matrix/seeds; 'run' executes the base recipe once"
                   " ('corecompress compare' runs every cell)", file=sys.stderr)
-        out = Path(args.out) if args.out else default_run_dir("runs", recipe.name)
+        # the default name has the time in it: rank 0's is the one every rank uses
+        out = distributed.broadcast_object(Path(args.out) if args.out else default_run_dir("runs", recipe.name))
         ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw), out)
-    print(f"run complete: {ctx.out_dir}")
-    print(f"report: {ctx.out_dir / 'report.md'}")
+    if main:
+        print(f"run complete: {ctx.out_dir}")
+        print(f"report: {ctx.out_dir / 'report.md'}")
     return 0
 
 
@@ -78,8 +90,10 @@ def _interruptible(call: Any, out: Path) -> Any:
     try:
         return call()
     except KeyboardInterrupt as exc:
-        detail = f" ({exc})" if str(exc) else ""
-        print(f"interrupted{detail}; continue with: corecompress run --resume {out}", file=sys.stderr)
+        if _rank() == 0:
+            detail = f" ({exc})" if str(exc) else ""
+            resume = "torchrun ... -m corecompress" if _launched_distributed() else "corecompress"
+            print(f"interrupted{detail}; continue with: {resume} run --resume {out}", file=sys.stderr)
         raise _Interrupted() from None
 
 
@@ -198,18 +212,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments, one usage line
     try:
+        if _launched_distributed() and args.func is not cmd_run:  # each process would write the same files
+            raise UserError(f"'{args.command}' does not run distributed; start it without torchrun "
+                            "(only 'run' does)")
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(str(exc), exc)
         return EXIT_USAGE
     except _Interrupted:
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if _rank() == 0:
+            print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # not the user's recipe: disk full, permissions, a vanished file system
-        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        _print_error(_os_error_line(exc), exc)
         return EXIT_FAILURE
+
+
+def _launched_distributed() -> bool:
+    """Started by torchrun with several processes (read from the environment: no torch import)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return True  # malformed: ``run`` reports it
+
+
+def _rank() -> int:
+    """This process's rank in a joined process group; 0 otherwise (torch is not imported for it)."""
+    if "corecompress.distributed" not in sys.modules:
+        return 0
+    from corecompress import distributed
+
+    return distributed.rank()
+
+
+def _print_error(line: str, exc: BaseException) -> None:
+    """``error: LINE`` — on ranks other than 0 prefixed with the rank, and not at all for a failure
+    of rank 0's that every rank re-raised (rank 0 prints it)."""
+    rank = _rank()
+    if rank == 0:
+        print(f"error: {line}", file=sys.stderr)
+    elif not getattr(exc, "from_main_rank", False):
+        print(f"error: [rank {rank}] {line}", file=sys.stderr)
 
 
 def _os_error_line(exc: OSError) -> str:

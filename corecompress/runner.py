@@ -7,6 +7,12 @@ build → train → evaluate_before → score → plan → apply → retrain →
 instead of scoring, apply), skips a training phase whose final checkpoint is complete (loading its
 weights), continues a phase from its newest usable checkpoint, and finishes. ``status.json`` says
 ``running`` / ``complete`` / ``failed`` / ``interrupted`` and counts the resumes; ``log.txt`` is appended.
+
+Under ``torchrun`` (docs/distributed.md) every rank runs every stage that shapes the model — build,
+training, scoring, planning (rank 0's plan is then broadcast and used everywhere), applying,
+retraining — and rank 0 alone runs the stages that only read the model or write files: evaluation,
+export, report (:data:`MAIN_ONLY_STAGES`, with their hooks). Only rank 0 creates, locks and writes the
+run directory; its failures reach every rank (:func:`corecompress.distributed.on_main`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from corecompress import distributed
 from corecompress.context import RunContext
 from corecompress.errors import UserError
 from corecompress.evaluate import evaluate_model
@@ -66,7 +73,8 @@ def train_stage(ctx: RunContext) -> Any:
     result = train(ctx, ctx.recipe.train, ctx.model, "train") if ctx.recipe.train else None
     header = ctx.state.get("header")                        # a margin head trained with the model
     if result is not None and isinstance(header, torch.nn.Module) and hasattr(header, "weight"):
-        save_file({"weight": header.weight.detach().contiguous().cpu()}, str(ctx.out_dir / "header.safetensors"))
+        distributed.on_main(lambda: save_file({"weight": header.weight.detach().contiguous().cpu()},
+                                              str(ctx.out_dir / "header.safetensors")), share=False)
     teacher = ctx.recipe.teacher
     if teacher is not None and teacher.model is None:      # teacher = the model before pruning
         ctx.teacher = _freeze(copy.deepcopy(ctx.model))
@@ -81,7 +89,7 @@ def train_stage(ctx: RunContext) -> Any:
 
 
 def evaluate_before(ctx: RunContext) -> Any:
-    if ctx.recipe.evaluate:
+    if ctx.recipe.evaluate and ctx.recipe.evaluate_before:
         ctx.metrics["before"] = evaluate_model(ctx, ctx.model)
         return ctx.metrics["before"]
     return None
@@ -117,12 +125,28 @@ def plan(ctx: RunContext) -> Any:
         ctx.plan = make_plan(ctx.scores, ctx.groups, p.sparsity, p.scope, p.min_keep_fraction,
                              meta={"importance": p.importance.name, "targets": list(p.targets),
                                    "model": ctx.recipe.model.name})
+    ctx.plan = _agree_on_plan(ctx, ctx.plan)
     try:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
         raise UserError(f"prune.plan: {exc}") from None
-    atomic_write_bytes(ctx.out_dir / "plan.json", json.dumps(ctx.plan.to_dict(), indent=1).encode())
+    distributed.on_main(lambda: atomic_write_bytes(ctx.out_dir / "plan.json",
+                                                   json.dumps(ctx.plan.to_dict(), indent=1).encode()), share=False)
     return ctx.plan
+
+
+def _agree_on_plan(ctx: RunContext, own: PruningPlan) -> PruningPlan:
+    """Rank 0's plan on every rank. Every rank scores (so whatever the importance does to the model
+    happens everywhere, in the time of one scoring), but scores need not be bitwise equal on every
+    device, and one different unit would give ranks different architectures."""
+    if distributed.world() == 1:
+        return own
+    mine = own.to_dict()
+    chosen = distributed.broadcast_object(mine)
+    if chosen == mine:
+        return own
+    ctx.log.warning("warning: rank %d's pruning plan differs from rank 0's; rank 0's is used", distributed.rank())
+    return PruningPlan.from_dict(chosen)
 
 
 def apply(ctx: RunContext) -> Any:
@@ -171,6 +195,9 @@ def report(ctx: RunContext) -> Any:
     return ctx.out_dir / "report.md"
 
 
+#: Stages that only read the model or write files: rank 0 alone runs them (and their hooks) under torchrun.
+MAIN_ONLY_STAGES = frozenset({"evaluate_before", "evaluate_pruned", "evaluate_after", "export", "report"})
+
 STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
     ("build", build), ("train", train_stage), ("evaluate_before", evaluate_before), ("score", score),
     ("plan", plan), ("apply", apply), ("evaluate_pruned", evaluate_pruned), ("retrain", retrain), ("evaluate_after", evaluate_after),
@@ -183,13 +210,24 @@ RESUME_PLAN = "resume_plan"  # ctx.state: the run's own plan.json, used instead 
 
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
                raw_recipe: dict | None = None) -> RunContext:
-    """Execute every stage of ``recipe`` into the new run directory ``out_dir``."""
-    with RunLock(out_dir) as lock:  # refuses a directory another process is writing (also with --force)
-        out_dir = create_run_dir(out_dir, force)
+    """Execute every stage of ``recipe`` into the new run directory ``out_dir`` (under torchrun: the
+    directory rank 0 created; every rank must be given the same ``out_dir``)."""
+    lock = RunLock(out_dir)
+
+    def create() -> Path:  # rank 0 only; its errors are raised on every rank
+        lock.acquire()  # refuses a directory another process is writing (also with --force)
+        path = create_run_dir(out_dir, force)
         lock.acquire()
-        write_json(out_dir / "recipe.resolved.json", recipe_to_dict(recipe))
-        write_json(out_dir / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed})
+        write_json(path / "recipe.resolved.json", recipe_to_dict(recipe))
+        write_json(path / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed,
+                                            "world_size": distributed.world()})
+        return path
+
+    try:
+        out_dir = distributed.on_main(create)
         return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0)
+    finally:
+        lock.release()
 
 
 def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None) -> RunContext:
@@ -201,12 +239,19 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
 
     root = Path(run_dir)
     resolved = root / "recipe.resolved.json"
-    if not root.is_dir() or not resolved.is_file():
-        raise UserError(f"{run_dir}: not a run directory (no recipe.resolved.json)")
-    with RunLock(root):
+    lock = RunLock(root)
+
+    def claim() -> dict[str, Any]:  # rank 0 only; its errors are raised on every rank
+        if not root.is_dir() or not resolved.is_file():
+            raise UserError(f"{run_dir}: not a run directory (no recipe.resolved.json)")
+        lock.acquire()
         status = read_status(root)
         if status.get("state") == "complete":
             raise RunAlreadyComplete(f"{run_dir}: the run is already complete; nothing to resume")
+        return status
+
+    try:
+        status = distributed.on_main(claim)
         if plugins is None:
             from corecompress.cli import load_for_recipe
 
@@ -217,11 +262,14 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
             except ValueError as exc:
                 raise UserError(f"{resolved}: not valid JSON ({exc})") from None
             recipe = validate_recipe(raw, plugins.registry)
-        _warn_if_versions_differ(root, plugins)
+        if distributed.is_main():
+            _warn_if_versions_differ(root, plugins)
         resumes = int(status.get("resumes", 0)) + 1
         state = {"started": status.get("started"), "resumed_at": time.time(),
                  "resumed_from_state": status.get("state")}
         return _execute(recipe, plugins, root, state, resumes=resumes)
+    finally:
+        lock.release()
 
 
 class RunAlreadyComplete(UserError):
@@ -230,36 +278,37 @@ class RunAlreadyComplete(UserError):
 
 def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
              resumes: int) -> RunContext:
+    main = distributed.is_main()
     log = _make_logger(out_dir)
     status = {**status, "resumes": resumes, "pid": os.getpid()}
-    write_json(out_dir / STATUS_FILE, {"state": "running", **status})
+    if distributed.world() > 1:
+        status["world_size"] = distributed.world()
+    if main:
+        write_json(out_dir / STATUS_FILE, {"state": "running", **status})
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed, recipe.deterministic)
-    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log)
+    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device())
     if resumes:
         ctx.state[RESUMING] = True
-        if recipe.prune is not None and (out_dir / "plan.json").is_file():
-            try:
-                PruningPlan.load(out_dir / "plan.json")
-                ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
-            except (ValueError, KeyError, TypeError):  # written when the run died: score again
-                log.warning("warning: %s is unreadable; the importance is scored again", out_dir / "plan.json")
+        if recipe.prune is not None and distributed.on_main(lambda: _readable_plan(out_dir / "plan.json", log)):
+            ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
     try:
         for name, stage in STAGES:
-            ctx.hook.on_stage_start(run=ctx, stage=name)
-            start = time.perf_counter()
-            result = stage(ctx)
-            ctx.timings[name] = time.perf_counter() - start
-            ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
+            if name in MAIN_ONLY_STAGES and distributed.world() > 1:
+                result = distributed.on_main(lambda: _run_stage(ctx, name, stage), share=False)
+            else:
+                result = _run_stage(ctx, name, stage)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         message = str(exc).splitlines()[0] if str(exc) else ""
-        log.error("%s: %s", "interrupted" if interrupted else "failed", f"{type(exc).__name__}: {message}")
+        if main or not (interrupted or getattr(exc, "from_main_rank", False)):  # rank 0 reports those
+            log.error("%s: %s", "interrupted" if interrupted else "failed", f"{type(exc).__name__}: {message}")
         try:
-            write_json(out_dir / STATUS_FILE, {"state": "interrupted" if interrupted else "failed",
-                                               "error": f"{type(exc).__name__}: {message}", **status})
+            if main:
+                write_json(out_dir / STATUS_FILE, {"state": "interrupted" if interrupted else "failed",
+                                                   "error": f"{type(exc).__name__}: {message}", **status})
         except OSError:  # e.g. the disk is full: the error itself matters more
             pass
         raise
@@ -267,8 +316,30 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
         for handler in list(log.handlers):
             handler.close()
             log.removeHandler(handler)
-    write_json(out_dir / STATUS_FILE, {"state": "complete", "timings": ctx.timings, "finished": time.time(), **status})
+    if main:
+        write_json(out_dir / STATUS_FILE, {"state": "complete", "timings": ctx.timings, "finished": time.time(),
+                                           **status})
     return ctx
+
+
+def _run_stage(ctx: RunContext, name: str, stage: Callable[[RunContext], Any]) -> Any:
+    ctx.hook.on_stage_start(run=ctx, stage=name)
+    start = time.perf_counter()
+    result = stage(ctx)
+    ctx.timings[name] = time.perf_counter() - start
+    ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
+    return result
+
+
+def _readable_plan(path: Path, log: logging.Logger) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        PruningPlan.load(path)
+        return True
+    except (ValueError, KeyError, TypeError):  # written when the run died: score again
+        log.warning("warning: %s is unreadable; the importance is scored again", path)
+        return False
 
 
 def _warn_if_versions_differ(root: Path, plugins: LoadedPlugins) -> None:
@@ -301,9 +372,18 @@ def _load_into(spec: Any, model: torch.nn.Module, path: str) -> None:
 
 
 def _make_logger(out_dir: Path) -> logging.Logger:
-    log = logging.getLogger(f"corecompress.run.{out_dir}")
+    """``log.txt`` (appended) and, on a terminal, stderr. Ranks other than 0 write no file: their
+    warnings and errors go to stderr, prefixed with the rank."""
+    suffix = f".rank{distributed.rank()}" if distributed.world() > 1 else ""
+    log = logging.getLogger(f"corecompress.run.{out_dir}{suffix}")
     log.setLevel(logging.INFO)
     log.propagate = False
+    if not distributed.is_main():
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setLevel(logging.WARNING)
+        sh.setFormatter(logging.Formatter(f"[rank {distributed.rank()}] %(message)s"))
+        log.addHandler(sh)
+        return log
     fh = logging.FileHandler(out_dir / "log.txt")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(fh)

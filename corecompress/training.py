@@ -8,10 +8,20 @@ reseeds the global generators from (seed, phase) before it starts, so a run is r
 be resumed exactly at any checkpoint: the checkpoint restores model, objective (heads, AdaDistill
 centres), optimizer, soft masks and the generators' state, and the sampler skips the batches already
 seen. Ctrl-C finishes the current step, writes a checkpoint and raises :class:`TrainingInterrupted`.
+
+Under ``torchrun`` (:mod:`corecompress.distributed`, docs/distributed.md) the same loop runs on every
+rank: the global batch is the recipe's ``batch_size``, in the single-process order, and rank r takes
+its contiguous slice of it (and of the flip mask); model and objective (margin head, projector) are
+trained as one DistributedDataParallel module, so their gradients are averaged; the loss and the
+logged parts are averaged over ranks weighted by their sample counts (= the single-process batch
+mean); whether to skip a step or to stop on Ctrl-C is agreed by all ranks; only rank 0 writes
+checkpoints, with every rank's generator state. ``$CORECOMPRESS_DDP_DUMP_DIR`` (diagnostics) makes
+every rank write its trained model, objective and masks to ``DIR/<phase>.rank<r>.safetensors``.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import threading
@@ -19,15 +29,18 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from corecompress import distributed
 from corecompress.checkpoint import (
-    Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rng_state, save_checkpoint,
-    set_rng_state,
+    Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
+    save_checkpoint, set_rng_state,
 )
 from corecompress.errors import UserError
 from corecompress.evaluate import evaluate_model
@@ -91,10 +104,16 @@ def make_optimizer(section: TrainSection, params: list[torch.nn.Parameter]) -> t
     return torch.optim.AdamW(groups, lr=section.lr)
 
 
-def flip_half(images: torch.Tensor, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Horizontally flip a random half of the batch (deterministic in (seed, step)); returns the flip mask."""
+def flip_half(images: torch.Tensor, seed: int, step: int, offset: int = 0,
+              total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontally flip a random half of the batch (deterministic in (seed, step)); returns the flip mask.
+
+    ``images`` may be rows ``offset …`` of a global batch of ``total`` (one rank's shard): the mask is
+    drawn for the whole global batch and sliced, so every sample is flipped as in a single process.
+    """
     gen = torch.Generator().manual_seed(seed * 7_919 + step)
-    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+    rows = images.shape[0]
+    flip = torch.rand(total if total is not None else rows, generator=gen)[offset:offset + rows] < 0.5
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
@@ -148,6 +167,22 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class StudentWithObjective(torch.nn.Module):
+    """Student and objective as one module — what DistributedDataParallel wraps, so the objective's
+    own parameters (margin head, projector) are averaged across ranks like the model's. The teacher
+    is called in between, outside the module's parameters (it is frozen)."""
+
+    def __init__(self, model: torch.nn.Module, objective: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, images: torch.Tensor, batch: dict[str, Any],
+                teacher: Callable[[torch.Tensor, dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+        outputs = self.model(images)
+        teacher_outputs = teacher(images, batch) if teacher is not None else None
+        return self.objective(outputs, batch, teacher_outputs)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -170,57 +205,75 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
     resumed = _resume(ctx, phase, model, objective, optimizer, progress) if ctx.state.get(RESUMING) else None
     if resumed is not None and progress.step >= section.steps:  # this phase had finished: weights loaded
         ctx.log.info("%s: complete in checkpoint %s; not trained again", phase, resumed.path.name)
-        set_rng_state(resumed.tree("rng"))
+        _restore_rng(resumed, seed, phase)
         return _finish(ctx, phase, model, objective, section, progress)
+    world, rank = distributed.world(), distributed.rank()
+    dataset = ctx.data.train()
+    global_batch = min(section.batch_size, len(dataset))
+    if global_batch < world:
+        raise UserError(f"{phase}.batch_size: {global_batch} is smaller than the number of processes ({world}); "
+                        "the batch size is global and split across them")
     target = None
     if needs_teacher and section.target is not None:
         target = ctx.create("target", section.target)
-        target.prepare(ctx.teacher, ctx.data.train(), ctx)
+        distributed.main_first(lambda: target.prepare(ctx.teacher, ctx.data.train(), ctx))  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
-    dataset = ctx.data.train()
     start_step = progress.step
-    sampler = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
+    sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
+    lo, hi = distributed.shard_bounds(global_batch, rank, world)
+    if world > 1:
+        sampler = distributed.ShardedBatchSampler(sampler, rank, world)
+    # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
+    # share, so the average is the gradient of the global batch mean (exactly 1 for equal slices)
+    share = (hi - lo) * world / global_batch
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
                         persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
     batches = iter(loader)
+    step_module: torch.nn.Module = StudentWithObjective(model, objective)
+    if world > 1:
+        step_module = distributed.wrap_ddp(step_module)
+    teacher_call = _teacher_outputs(target, ctx.teacher) if needs_teacher else None
     if resumed is not None:  # last, so nothing above can draw from the restored generators
-        set_rng_state(resumed.tree("rng"))
+        _restore_rng(resumed, seed, phase)
         ctx.log.info("%s: resumed at step %d of %d from checkpoint %s", phase, start_step, section.steps,
                      resumed.path.name)
+    elif rank > 0:  # every rank its own stream for dropout & co. (rank 0's is the single-process one)
+        seed_phase(seed, f"{phase}/rank{rank}")
     model.train()
     start = time.perf_counter()
     saved_at = start_step if resumed is not None else -1
-    bar = tqdm(range(start_step, section.steps), desc=phase, leave=False, disable=None, dynamic_ncols=True,
-               initial=start_step, total=section.steps)
+    bar = tqdm(range(start_step, section.steps), desc=phase, leave=False, disable=None if rank == 0 else True,
+               dynamic_ncols=True, initial=start_step, total=section.steps)
+    stopping = False
     with _StopOnInterrupt() as stop:
         for step in bar:
             try:
                 batch = _to_device(next(batches), ctx.device)
             except Exception:  # noqa: BLE001 - Ctrl-C also stops DataLoader workers; the interrupt wins
                 if stop.requested:
+                    stopping = True
                     break
                 raise
             images = batch["image"]
             if section.augment == "flip":
-                images, batch["flipped"] = flip_half(images, seed, step)
-            outputs = model(images)
-            teacher_outputs = None
-            if needs_teacher:
-                if target is not None:
-                    teacher_outputs = target(batch)
-                else:
-                    with torch.no_grad():
-                        teacher_outputs = ctx.teacher(images)
-            parts = objective(outputs, batch, teacher_outputs)
+                images, batch["flipped"] = flip_half(images, seed, step, lo, global_batch)
+            parts = step_module(images, batch, teacher_call)
             loss = parts["loss"]
-            finite = bool(torch.isfinite(loss))
+            if world > 1:  # one collective: the batch-mean loss and whether any rank was interrupted
+                loss_sum, interrupted = distributed.all_reduce_sum([float(loss.detach()) * (hi - lo),
+                                                                    float(stop.requested)])
+                step_loss = torch.tensor(loss_sum / global_batch)
+                stopping = interrupted > 0
+            else:
+                step_loss = loss.detach()
+            finite = bool(torch.isfinite(step_loss))
             if not finite and section.nonfinite == "stop":
                 raise NonFiniteLossError(
-                    f"{phase}: loss is {loss.item()} at step {step + 1} of {section.steps}; stopped (the last "
+                    f"{phase}: loss is {step_loss.item()} at step {step + 1} of {section.steps}; stopped (the last "
                     f"checkpoint is kept; lower the learning rate, or set {phase}.nonfinite: skip to skip such steps)")
             optimizer.zero_grad(set_to_none=True)
             if finite:
-                loss.backward()
+                (loss * share if share != 1.0 else loss).backward()
                 if section.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, section.clip_grad_norm)
                 factor = schedule(step, section.steps)
@@ -228,33 +281,41 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
                     group["lr"] = base * factor
                 optimizer.step()
                 ctx.hook.after_optimizer_step(run=ctx, step=step, model=model)
-                progress.last_loss = float(loss.detach())
+                progress.last_loss = float(step_loss)
             else:
                 progress.skipped += 1
-                ctx.log.warning("%s step %d: loss is %s; step skipped (%d so far)", phase, step + 1, loss.item(),
+                ctx.log.warning("%s step %d: loss is %s; step skipped (%d so far)", phase, step + 1, step_loss.item(),
                                 progress.skipped)
             progress.step = step + 1
             if finite and (progress.step % section.log_every == 0 or progress.step == section.steps):
                 record = {"step": progress.step, "lr": optimizer.param_groups[0]["lr"]}
-                record.update({k: float(v.detach() if isinstance(v, torch.Tensor) else v)
-                               for k, v in parts.items() if _is_scalar(v)})
+                scalars = {k: float(v.detach() if isinstance(v, torch.Tensor) else v)
+                           for k, v in parts.items() if _is_scalar(v)}
+                record.update(distributed.all_reduce_mean(scalars, hi - lo) if world > 1 else scalars)
                 progress.history.append(record)
                 bar.set_postfix(loss=f"{progress.last_loss:.4f}")
                 ctx.log.info("%s step %d/%d %s", phase, progress.step, section.steps,
                              " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
             if section.eval_every and progress.step % section.eval_every == 0 and progress.step < section.steps:
-                ctx.log.info("%s step %d eval %s", phase, progress.step, evaluate_model(ctx, model))
+                distributed.on_main(lambda: ctx.log.info("%s step %d eval %s", phase, progress.step,
+                                                         evaluate_model(ctx, model)), share=False)
             if section.checkpoint_every and progress.step % section.checkpoint_every == 0 \
                     and progress.step < section.steps:
                 _checkpoint(ctx, phase, model, objective, optimizer, progress, start, section.steps)
                 saved_at = progress.step
-            if stop.requested:
+            if world == 1:
+                stopping = stop.requested
+            if stopping:
                 break
+    if world == 1:
+        stopping = stop.requested
     bar.close()
     progress.seconds += time.perf_counter() - start
+    if world > 1:
+        distributed.broadcast_buffers(model)  # e.g. BatchNorm statistics: rank 0's, as checkpointed
     if saved_at != progress.step:  # the final checkpoint, or the step Ctrl-C stopped at
         _checkpoint(ctx, phase, model, objective, optimizer, progress, None, section.steps)
-    if stop.requested:
+    if stopping:
         name = checkpoint_name(phase, progress.step)
         ctx.log.info("%s: interrupted at step %d of %d; checkpoint %s written", phase, progress.step,
                      section.steps, name)
@@ -263,11 +324,40 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
     return _finish(ctx, phase, model, objective, section, progress)
 
 
+def _teacher_outputs(target: Any, teacher: torch.nn.Module | None) -> Callable[[torch.Tensor, dict[str, Any]], Any]:
+    """What the loop calls for the teacher's outputs: the target's (given the batch), else the teacher's."""
+
+    def call(images: torch.Tensor, batch: dict[str, Any]) -> Any:
+        if target is not None:
+            return target(batch)
+        with torch.no_grad():
+            return teacher(images)
+
+    return call
+
+
 def _finish(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module, section: TrainSection,
             progress: _Progress) -> TrainResult:
     model.eval()
     ctx.state[f"{phase}_objective"] = objective
+    if distributed.world() > 1:  # later stages draw from rank 0's generators, as a single process would
+        set_rng_state(distributed.broadcast_object(rng_state()))
+    dump_dir = os.environ.get(distributed.ENV_DUMP_DIR)
+    if dump_dir:
+        _dump_state(Path(dump_dir), phase, model, objective, getattr(getattr(ctx, "masks", None), "masks", None))
     return TrainResult(section.steps, progress.seconds, progress.last_loss, progress.skipped, progress.history)
+
+
+def _dump_state(folder: Path, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
+                masks: dict[str, torch.Tensor] | None) -> Path:
+    """Diagnostics (``$CORECOMPRESS_DDP_DUMP_DIR``): this rank's trained state, to compare ranks."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items() if isinstance(v, torch.Tensor)})
+    tensors.update({f"masks.{k}": v for k, v in (masks or {}).items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{phase}.rank{distributed.rank()}.safetensors"
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+    return path
 
 
 def _is_scalar(v: Any) -> bool:
@@ -284,14 +374,36 @@ def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.n
     info = {"phase": phase, "step": progress.step, "steps": steps, "seed": ctx.recipe.seed,
             "history": progress.history, "last_loss": progress.last_loss, "skipped": progress.skipped,
             "seconds": seconds}
-    save_checkpoint(ctx.out_dir / "checkpoints", checkpoint_name(phase, progress.step), model=model,
-                    objective=objective, optimizer=optimizer, info=info, masks=masks, rng=rng_state())
+    states = distributed.gather_objects(rng_state())  # every rank's generators (rank 0: "rng")
+
+    def write() -> None:
+        assert states is not None
+        if len(states) > 1:
+            info["world_size"] = len(states)
+        save_checkpoint(ctx.out_dir / "checkpoints", checkpoint_name(phase, progress.step), model=model,
+                        objective=objective, optimizer=optimizer, info=info, masks=masks, rng=states[0],
+                        rank_rngs=states[1:])
+
+    distributed.on_main(write, share=False)
+
+
+def _restore_rng(ckpt: Checkpoint, seed: int, phase: str) -> None:
+    """This rank's generators as checkpointed (rank r > 0: ``rng-rank<r>``; when the checkpoint was
+    written by fewer processes, a stream seeded from (seed, phase, rank, step))."""
+    rank = distributed.rank()
+    if rank == 0:
+        set_rng_state(ckpt.tree("rng"))
+    elif ckpt.has(rank_rng_part(rank)):
+        set_rng_state(ckpt.tree(rank_rng_part(rank)))
+    else:
+        seed_phase(seed, f"{phase}/rank{rank}/step{ckpt.step}")
 
 
 def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
             optimizer: torch.optim.Optimizer, progress: _Progress) -> Checkpoint | None:
     """Load the newest usable checkpoint of ``phase`` (a damaged one is reported and the previous one
-    used); None when there is none, and the phase starts from its beginning."""
+    used); None when there is none, and the phase starts from its beginning. Under torchrun rank 0
+    chooses the checkpoint and every other rank loads the same one."""
 
     def warn(message: str) -> None:
         ctx.log.warning("warning: %s", message)
@@ -322,4 +434,14 @@ def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
         progress.last_loss = float(info.get("last_loss", math.nan))
         progress.skipped, progress.seconds = int(info.get("skipped", 0)), float(info.get("seconds", 0.0))
 
-    return latest_checkpoint(ctx.out_dir / "checkpoints", phase, warn, restore)
+    def choose() -> tuple[str, dict[str, Any]] | None:
+        ckpt = latest_checkpoint(ctx.out_dir / "checkpoints", phase, warn, restore)
+        return None if ckpt is None else (str(ckpt.path), ckpt.info)
+
+    chosen = distributed.on_main(choose)
+    if chosen is None:
+        return None
+    ckpt = Checkpoint(Path(chosen[0]), chosen[1])
+    if not distributed.is_main():  # rank 0 verified it; the others load the very same files
+        restore(ckpt)
+    return ckpt
