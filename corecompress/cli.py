@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments, one usage line
     try:
+        for value in vars(args).values():
+            if isinstance(value, str) and "\x00" in value:
+                raise UserError("an argument contains a NUL character; file names cannot")
         if _launched_distributed() and args.func is not cmd_run:  # each process would write the same files
             raise UserError(f"'{args.command}' does not run distributed; start it without torchrun "
                             "(only 'run' does)")
@@ -251,6 +254,7 @@ def _print_error(line: str, exc: BaseException) -> None:
     """``error: LINE`` — on ranks other than 0 prefixed with the rank, and not at all for a failure
     of rank 0's that every rank re-raised (rank 0 prints it)."""
     rank = _rank()
+    line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x00", "\\0")  # always one line
     if rank == 0:
         print(f"error: {line}", file=sys.stderr)
     elif not getattr(exc, "from_main_rank", False):

@@ -461,27 +461,19 @@ def test_random_command_lines_exit_cleanly(cli: Any, argv: list[str]) -> None:
         os.chdir(folder)
         try:
             code, _out, err = cli(*args)
-        except Exception:
-            if any("\x00" in a for a in args):  # pinned by test_known_gap_nul_in_output_path
-                event("known gap: NUL in a path")
-                return
-            raise
         finally:
             os.chdir(previous)
         event(f"exit {code}")
         assert code in (0, 1, 2), (args, code, err)
         assert "Traceback" not in err, err
         lines = error_lines(err)
-        # cli.py prints an unknown kind as typed (pinned by test_known_gap_options_kind_with_line_break)
-        known_gap = len(lines) > 1 and lines[0].startswith("error: unknown kind '")
         if code == 1:
             assert len(lines) == 1, err
-        if code == 2 and "usage:" not in err and not known_gap:
+        if code == 2 and "usage:" not in err:
             assert len(lines) == 1 and lines[0].startswith("error: "), (args, err)
 
 
-# ------------------------------------------------------- known gaps outside this test's files (strict xfail)
-KNOWN_GAP = "found by fuzzing; the fix belongs to a file this fuzz suite does not own (see the issue 7 report)"
+# ------------------------------------------------------- cases the fuzzer once found (regression tests)
 TINY = {"version": 1, "name": "gap", "threads": 1, "model": {"name": "tiny_vit", "num_outputs": 4},
         "data": {"name": "synthetic_prototypes", "num_classes": 4, "train_per_class": 2, "test_per_class": 2},
         "train": {"steps": 1, "batch_size": 4}}
@@ -521,16 +513,14 @@ def test_fewer_outputs_than_classes_is_one_line(cli: Any, tmp_path: Path) -> Non
     assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
-def test_known_gap_options_kind_with_line_break(cli: Any) -> None:
-    """cli.py cmd_options prints the kind as typed: a line break splits the error line."""
+def test_options_kind_with_line_break_is_one_line(cli: Any) -> None:
+    """Found by fuzzing: the kind printed as typed once split the error line."""
     code, _out, err = cli("options", "a\rb", "run")
     assert code == 2 and len(error_lines(err)) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
 @pytest.mark.parametrize("command", ["run", "export"])
-def test_known_gap_nul_in_output_path(cli: Any, tmp_path: Path, command: str) -> None:
+def test_nul_in_output_path_is_one_line(cli: Any, tmp_path: Path, command: str) -> None:
     """``--out 'a\\0b'``: ValueError (run) / SafetensorError (export) escape cli.main with a traceback."""
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(TINY))
