@@ -6,6 +6,8 @@ an uninterrupted run.
 """
 from __future__ import annotations
 
+from tests_shared import SLOW_CLI
+
 import errno
 import json
 import os
@@ -144,24 +146,6 @@ def test_disk_full_while_checkpointing_keeps_previous_and_exits_1(cli, tmp_path,
     assert "train: resumed at step 5 of 20" in (out / "log.txt").read_text()
 
 
-SLOW_CLI = """
-import sys, time
-import corecompress.plugins as plugins
-from corecompress.hookspecs import hookimpl
-
-class SlowSteps:
-    @hookimpl
-    def after_optimizer_step(self, run, step, model):
-        time.sleep(float(sys.argv[1]))
-
-_load = plugins.load_plugins
-def load_plugins(**kwargs):
-    kwargs["extra"] = list(kwargs.get("extra", ())) + [("slow_steps", SlowSteps())]
-    return _load(**kwargs)
-plugins.load_plugins = load_plugins
-from corecompress.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def test_ctrl_c_checkpoints_current_step_exits_130_and_resumes_exactly(cli, tmp_path):

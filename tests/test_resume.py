@@ -4,6 +4,8 @@ retraining after a physical prune, with soft masks, with a margin head and AdaDi
 dropout (generator state), and when the newest checkpoint is damaged (the previous one is used)."""
 from __future__ import annotations
 
+from tests_shared import SLOW_CLI
+
 import copy
 import json
 import os
@@ -31,26 +33,6 @@ RECIPE = {
     "retrain": {"steps": 20, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 5, "log_every": 5},
 }
 
-# Runs the real CLI in a child process with one extra in-process plugin that sleeps after every
-# optimizer step, so the parent can see a checkpoint appear and kill the child mid-training.
-SLOW_CLI = """
-import sys, time
-import corecompress.plugins as plugins
-from corecompress.hookspecs import hookimpl
-
-class SlowSteps:
-    @hookimpl
-    def after_optimizer_step(self, run, step, model):
-        time.sleep(float(sys.argv[1]))
-
-_load = plugins.load_plugins
-def load_plugins(**kwargs):
-    kwargs["extra"] = list(kwargs.get("extra", ())) + [("slow_steps", SlowSteps())]
-    return _load(**kwargs)
-plugins.load_plugins = load_plugins
-from corecompress.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def write_recipe(tmp_path: Path, data: dict, name: str = "recipe.yaml") -> Path:
