@@ -6,15 +6,9 @@ an uninterrupted run.
 """
 from __future__ import annotations
 
-from tests_shared import SLOW_CLI
-
 import errno
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +21,7 @@ from safetensors.torch import load_file
 import corecompress.checkpoint as checkpoint
 from corecompress.checkpoint import verify_checkpoint
 from corecompress.hookspecs import hookimpl
+from tests_shared import run_until_checkpoint
 
 RECIPE = {
     "version": 1, "name": "faults", "seed": 5, "threads": 1, "deterministic": True,
@@ -154,27 +149,10 @@ def test_ctrl_c_checkpoints_current_step_exits_130_and_resumes_exactly(cli, tmp_
     code, _out, err = cli("run", recipe, "--out", reference)
     assert code == 0, err
 
-    script = tmp_path / "slow_cli.py"
-    script.write_text(SLOW_CLI)
     out = tmp_path / "interrupted"
-    env = {**os.environ, "CORECOMPRESS_SLOW_IMPORT_S": "600"}  # no slow-import note on a busy machine
-    child = subprocess.Popen([sys.executable, str(script), "0.1", "run", str(recipe), "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    try:
-        while child.poll() is None and time.monotonic() < deadline:
-            folder = out / "checkpoints"
-            if folder.is_dir() and any(p.name.startswith("retrain-step") for p in folder.iterdir()):
-                child.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.005)
-        _stdout, stderr = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 130, stderr
+    done = run_until_checkpoint(tmp_path, recipe, out, "retrain", signal.SIGINT, delay=0.1)
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     lines = [x for x in stderr.splitlines() if "interrupted" in x]
     assert len(lines) == 1, stderr  # one line says it all
     line = lines[0]

@@ -4,15 +4,9 @@ retraining after a physical prune, with soft masks, with a margin head and AdaDi
 dropout (generator state), and when the newest checkpoint is damaged (the previous one is used)."""
 from __future__ import annotations
 
-from tests_shared import SLOW_CLI
-
 import copy
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from corecompress.checkpoint import CheckpointWarning
+from tests_shared import run_until_checkpoint
 from corecompress.hookspecs import hookimpl
 
 RECIPE = {
@@ -50,30 +45,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"tensors differ after resume: {different[:5]}"
-
-
-def run_until_checkpoint(tmp_path: Path, recipe: Path, out: Path, phase: str, sig: int) -> subprocess.CompletedProcess:
-    """Start ``corecompress run`` in a child; send ``sig`` once a ``phase`` checkpoint directory exists."""
-    script = tmp_path / "slow_cli.py"
-    script.write_text(SLOW_CLI)
-    env = {**os.environ, "CORECOMPRESS_SLOW_IMPORT_S": "600"}  # no slow-import note on a busy machine
-    child = subprocess.Popen([sys.executable, str(script), "0.05", "run", str(recipe), "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    try:
-        while child.poll() is None and time.monotonic() < deadline:
-            folder = out / "checkpoints"
-            if folder.is_dir() and any(p.name.startswith(f"{phase}-step") for p in folder.iterdir()):
-                child.send_signal(sig)
-                break
-            time.sleep(0.005)
-        stdout, stderr = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

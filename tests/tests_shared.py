@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,28 @@ plugins.load_plugins = load_plugins
 from corecompress.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+
+
+def run_until_checkpoint(tmp_path: Path, recipe: Path, out: Path, phase: str, sig: int,
+                         delay: float = 0.05) -> subprocess.CompletedProcess:
+    """Start ``corecompress run`` in a child; send ``sig`` once a ``phase`` checkpoint directory exists."""
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    env = {**os.environ, "CORECOMPRESS_SLOW_IMPORT_S": "600"}  # no slow-import note on a busy machine
+    child = subprocess.Popen([sys.executable, str(script), str(delay), "run", str(recipe), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    try:
+        while child.poll() is None and time.monotonic() < deadline:
+            folder = out / "checkpoints"
+            if folder.is_dir() and any(p.name.startswith(f"{phase}-step") for p in folder.iterdir()):
+                child.send_signal(sig)
+                break
+            time.sleep(0.005)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
