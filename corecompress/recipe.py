@@ -18,6 +18,7 @@ import yaml
 
 from corecompress.errors import RecipeError, UserError
 from corecompress.options import check_range, join_path, options_to_dict, parse_options, printable, short_repr, shown
+from corecompress.pruning.gradual import round_steps
 from corecompress.registry import Registry
 
 RECIPE_VERSION = 1
@@ -120,9 +121,21 @@ class PruneSection:
     apply: Any = choice("applier", "physical", "mask (soft, same size) or physical (really smaller)")
     calibration_batches: int = field(default=4, metadata={"help": "batches for data/gradient-based importances"})
     plan: str | None = field(default=None, metadata={"help": "use this plan.json instead of scoring"})
+    rounds: int = field(default=1, metadata={
+        "help": "1 = one-shot (FACES); more = gradual pruning during retraining, soft masks between rounds"})
+    ramp: Literal["cubic", "linear"] = field(default="cubic", metadata={
+        "help": "how the sparsity of gradual rounds rises (cubic: Zhu & Gupta 2018)"})
+    ramp_fraction: float = field(default=0.5, metadata={
+        "help": "gradual: the last round prunes after this fraction of retrain.steps"})
 
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, high_open=True)
+        if not 1 <= self.rounds <= 10_000:
+            raise ValueError(f"rounds: must be in [1, 10000], got {self.rounds}")
+        if not 0.0 < self.ramp_fraction < 1.0:
+            raise ValueError(f"ramp_fraction: must be in (0, 1), got {self.ramp_fraction}")
+        if self.rounds > 1 and self.plan is not None:
+            raise ValueError("plan: a fixed plan cannot be reached gradually; drop plan or set rounds: 1")
         check_range("min_keep_fraction", self.min_keep_fraction, 0.0, 1.0)
         if not self.targets:
             raise ValueError("targets: name at least one group kind")
@@ -185,6 +198,14 @@ class Recipe:
             raise ValueError(f"seed: must be in [0, 2^63), got {self.seed}")
         if self.threads is not None and not 0 <= self.threads <= 4096:
             raise ValueError(f"threads: must be in [0, 4096] (0 or null = torch's default), got {self.threads}")
+        if self.prune is not None and self.prune.rounds > 1:
+            if self.retrain is None:
+                raise ValueError("prune.rounds: gradual pruning happens during retraining; add a 'retrain:' section "
+                                 "or set rounds: 1")
+            try:
+                round_steps(self.prune.rounds, self.retrain.steps, self.prune.ramp_fraction)
+            except ValueError as exc:
+                raise ValueError(f"prune.rounds: {exc}") from None
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:

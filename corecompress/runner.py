@@ -37,6 +37,9 @@ from corecompress.errors import UserError
 from corecompress.evaluate import evaluate_model
 from corecompress.export import export_run, load_weights_file
 from corecompress.plugins import LoadedPlugins
+from corecompress.pruning.gradual import (
+    GradualPruner, complete_masks, plan_from_masks, round_sparsities, round_steps,
+)
 from corecompress.pruning.plan import PruningPlan, make_plan
 from corecompress.recipe import Recipe, recipe_to_dict
 from corecompress.rundir import (
@@ -122,17 +125,35 @@ def plan(ctx: RunContext) -> Any:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{source}: not a readable pruning plan ({str(exc).splitlines()[0][:200]})") from None
     else:
-        ctx.plan = make_plan(ctx.scores, ctx.groups, p.sparsity, p.scope, p.min_keep_fraction,
-                             meta={"importance": p.importance.name, "targets": list(p.targets),
-                                   "model": ctx.recipe.model.name})
+        first = round_sparsities(p.sparsity, p.rounds, p.ramp)[0]  # = p.sparsity for one-shot pruning
+        ctx.plan = _make_plan(ctx, ctx.scores, first)
     ctx.plan = _agree_on_plan(ctx, ctx.plan)
     try:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
         raise UserError(f"prune.plan: {exc}") from None
-    distributed.on_main(lambda: atomic_write_bytes(ctx.out_dir / "plan.json",
-                                                   json.dumps(ctx.plan.to_dict(), indent=1).encode()), share=False)
+    _save_plan(ctx, plan_file(ctx.recipe), ctx.plan)
     return ctx.plan
+
+
+def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
+    p = ctx.recipe.prune
+    return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction,
+                     meta={"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name})
+
+
+def _save_plan(ctx: RunContext, name: str, plan: PruningPlan) -> None:
+    distributed.on_main(lambda: atomic_write_bytes(ctx.out_dir / name, json.dumps(plan.to_dict(), indent=1).encode()),
+                        share=False)
+
+
+def is_gradual(recipe: Recipe) -> bool:
+    return recipe.prune is not None and recipe.prune.rounds > 1
+
+
+def plan_file(recipe: Recipe, round_number: int = 1) -> str:
+    """``plan.json`` holds the plan the final model has; gradual rounds write ``plan.round<k>.json``."""
+    return f"plan.round{round_number}.json" if is_gradual(recipe) else "plan.json"
 
 
 def _agree_on_plan(ctx: RunContext, own: PruningPlan) -> PruningPlan:
@@ -153,14 +174,19 @@ def apply(ctx: RunContext) -> Any:
     p = ctx.recipe.prune
     if p is None:
         return None
+    if is_gradual(ctx.recipe):  # round 1 as soft masks; the recipe's applier runs after retraining
+        ctx.masks = complete_masks(ctx.model, ctx.groups, ctx.plan)
+        ctx.masks.apply(ctx.model)
+        return ctx.model
     applier = ctx.create("applier", p.apply)
     ctx.model = applier.apply(ctx.model, ctx.groups, ctx.plan, ctx)
     return ctx.model
 
 
 def evaluate_pruned(ctx: RunContext) -> Any:
-    """One-shot quality: the pruned model before any retraining (only when both happen)."""
-    if ctx.recipe.evaluate and ctx.recipe.prune and ctx.recipe.retrain:
+    """One-shot quality: the pruned model before any retraining (only when both happen; not for
+    gradual pruning, whose model is only partly pruned before retraining)."""
+    if ctx.recipe.evaluate and ctx.recipe.prune and ctx.recipe.retrain and not is_gradual(ctx.recipe):
         ctx.metrics["pruned"] = evaluate_model(ctx, ctx.model)
         return ctx.metrics["pruned"]
     return None
@@ -169,10 +195,39 @@ def evaluate_pruned(ctx: RunContext) -> Any:
 def retrain(ctx: RunContext) -> Any:
     if ctx.recipe.retrain is None:
         return None
-    result = train(ctx, ctx.recipe.retrain, ctx.model, "retrain")
+    gradual = _gradual_pruner(ctx) if is_gradual(ctx.recipe) else None
+    result = train(ctx, ctx.recipe.retrain, ctx.model, "retrain", on_step=gradual)
     ctx.metrics["retrain"] = {"seconds": result.seconds, "final_loss": result.final_loss,
                               "skipped_steps": result.skipped_steps, "history": result.history}
+    if gradual is not None:
+        _finish_gradual(ctx)
     return result
+
+
+def _gradual_pruner(ctx: RunContext) -> GradualPruner:
+    p = ctx.recipe.prune
+    importance = ctx.create("importance", p.importance)
+    if "grad" in getattr(importance, "needs", ()) and distributed.world() > 1:
+        raise UserError(f"prune.rounds: gradual pruning with the gradient-based importance '{p.importance.name}' "
+                        "is not supported under torchrun; use rounds: 1 or a data-free importance")
+    return GradualPruner(
+        ctx, ctx.groups, round_sparsities(p.sparsity, p.rounds, p.ramp),
+        round_steps(p.rounds, ctx.recipe.retrain.steps, p.ramp_fraction),
+        make=lambda scores, sparsity: _make_plan(ctx, scores, sparsity),
+        score=lambda model: importance.score(model, ctx.groups, ctx),
+        agree=lambda own: _agree_on_plan(ctx, own),
+        save=lambda k, plan: _save_plan(ctx, plan_file(ctx.recipe, k), plan))
+
+
+def _finish_gradual(ctx: RunContext) -> None:
+    """The masks hold the last round's plan: apply it with the recipe's applier (physical by default)."""
+    p = ctx.recipe.prune
+    final = plan_from_masks(ctx.groups, ctx.masks, meta={**ctx.plan.meta, "sparsity": p.sparsity, "rounds": p.rounds,
+                                                         "ramp": p.ramp},
+                            names=set(ctx.plan.groups))
+    ctx.plan = final
+    _save_plan(ctx, "plan.json", final)
+    ctx.model = ctx.create("applier", p.apply).apply(ctx.model, ctx.groups, final, ctx)
 
 
 def evaluate_after(ctx: RunContext) -> Any:
@@ -291,8 +346,9 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device())
     if resumes:
         ctx.state[RESUMING] = True
-        if recipe.prune is not None and distributed.on_main(lambda: _readable_plan(out_dir / "plan.json", log)):
-            ctx.state[RESUME_PLAN] = str(out_dir / "plan.json")
+        first_plan = out_dir / plan_file(recipe)
+        if recipe.prune is not None and distributed.on_main(lambda: _readable_plan(first_plan, log)):
+            ctx.state[RESUME_PLAN] = str(first_plan)
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
     try:
         for name, stage in STAGES:

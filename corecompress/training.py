@@ -187,8 +187,12 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -> TrainResult:
-    """Train ``model`` for ``section.steps`` steps (continuing from a checkpoint on resume)."""
+def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
+          on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Train ``model`` for ``section.steps`` steps (continuing from a checkpoint on resume).
+
+    ``on_step(completed_steps, model)`` runs after each optimizer step and its hooks, before logging
+    and checkpointing (gradual pruning prunes its rounds there)."""
     from tqdm.auto import tqdm
 
     seed = ctx.recipe.seed
@@ -281,6 +285,8 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str) -
                     group["lr"] = base * factor
                 optimizer.step()
                 ctx.hook.after_optimizer_step(run=ctx, step=step, model=model)
+                if on_step is not None:
+                    on_step(step + 1, model)
                 progress.last_loss = float(step_loss)
             else:
                 progress.skipped += 1

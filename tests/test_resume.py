@@ -279,3 +279,17 @@ def test_resume_refuses_a_run_directory_in_use(cli, tmp_path, reference):
         code, _out, err = cli("run", write_recipe(tmp_path, RECIPE), "--out", reference, "--force")
         assert code == 2 and "in use by another corecompress process" in err
     assert (reference / "model.safetensors").is_file()  # --force did not delete a directory in use
+
+
+def test_crash_then_resume_gradual_pruning(plugins, tmp_path):
+    """Gradual pruning: rounds after the resumed step still happen, the checkpointed masks carry the earlier ones."""
+    data = copy.deepcopy(RECIPE)
+    data["train"]["steps"] = 10
+    data["prune"].update({"rounds": 3, "importance": "l1"})  # rounds after retraining steps 0, 5 and 10
+    data["retrain"]["steps"] = 20
+    ref = tmp_path / "reference"
+    run_in_process(plugins, data, ref)
+    out = crash_and_resume(plugins, data, tmp_path, "retrain", 8)
+    assert_same_weights(out, ref)
+    assert "retrain: resumed at step 5 of 20" in (out / "log.txt").read_text()
+    assert json.loads((out / "plan.json").read_text()) == json.loads((ref / "plan.json").read_text())
