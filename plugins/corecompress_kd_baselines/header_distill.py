@@ -30,8 +30,8 @@ from corecompress_kd_baselines.projector import make_projector, project
 @dataclass
 class ArcDistillOptions(MarginOptions):
     header: str | None = field(default=None, metadata={
-        "help": "teacher classifier file (safetensors/torch, classes × embedding); "
-                "null = ctx.state['teacher_header']"})
+        "help": "teacher classifier file (safetensors/torch, classes × embedding); 'class_means' = "
+                "built from the teacher's embeddings of the training images; null = ctx.state['teacher_header']"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
 
 

@@ -40,8 +40,8 @@ class HintonKDOptions(MarginOptions):
     temperature: float = field(default=4.0, metadata={"help": "softmax temperature T of the soft term"})
     weight: float = field(default=1.0, metadata={"help": "weight of T²·KL(teacher ‖ student)"})
     header: str | None = field(default=None, metadata={
-        "help": "teacher classifier file (safetensors/torch, classes × embedding); "
-                "null = ctx.state['teacher_header']"})
+        "help": "teacher classifier file (safetensors/torch, classes × embedding); 'class_means' = "
+                "built from the teacher's embeddings of the training images; null = ctx.state['teacher_header']"})
     train_head: bool = field(default=False, metadata={
         "help": "student logits from a trainable copy of the teacher classifier (else the frozen one)"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
