@@ -8,15 +8,15 @@ with ``torch.load(weights_only=True)``: a pickle that would call code is refused
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from corecompress.errors import UserError
 from corecompress.rundir import write_json
+from corecompress.weights import read_weights, unwrap_state_dict
 
 ARCH_FORMAT = "corecompress-model"
 ARCH_VERSION = 1
@@ -24,21 +24,10 @@ ARCH_VERSION = 1
 
 def load_weights_file(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
     """Load weights from .safetensors, or a .pt/.pth state dict via ``torch.load(weights_only=True)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such weights file")
     try:
-        if p.suffix == ".safetensors":
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: refused: a pickle that would run code or build objects other than tensors "
-                        "(read with torch.load(weights_only=True)); save the weights as safetensors") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+        state = unwrap_state_dict(read_weights(path))
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a state dict")
     result = model.load_state_dict(state, strict=False)

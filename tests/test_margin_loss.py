@@ -118,7 +118,7 @@ def test_init_header_errors(tmp_path: Path) -> None:
         objective(init_header=str(wrong))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(HeaderFileError, match="garbage.pt: not a readable"):
+    with pytest.raises(HeaderFileError, match="garbage.pt: cannot read weights"):
         objective(init_header=str(garbage))
     two = tmp_path / "two.safetensors"
     save_file({"a": torch.zeros(3, 2), "b": torch.zeros(3, 2)}, str(two))

@@ -8,6 +8,8 @@ A trainable :class:`~corecompress_face.heads.margin.CombinedMarginHead` over ``c
 classes sits on the student embedding; logits s·(cos(m1·θ + m2) − m3) for the target, s·cos θ
 otherwise; loss = cross-entropy. The head's weights are optimised with the model (the training loop
 passes ``objective.parameters()`` to the optimizer) and saved with the objective's state_dict.
+``sharded: true`` splits the head by classes across the ranks of a torchrun run (Partial FC, An et al.,
+ICCVW 2021; :mod:`corecompress_face.heads.partial_fc`); in a single process it is the ordinary head.
 
 Also home of the small helpers every face loss shares (distillation plugins import them):
 :class:`MarginOptions`/:func:`margin_parameters` (preset → m1, m2, m3), :func:`as_embedding`,
@@ -25,8 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corecompress import distributed
 from corecompress.errors import UserError
+from corecompress.weights import WeightsFileError, read_weights
 from corecompress_face.heads.margin import CombinedMarginHead
+from corecompress_face.heads.partial_fc import ShardedMarginHead
 
 MarginKind = Literal["arcface", "cosface", "combined"]
 
@@ -165,18 +170,12 @@ def load_header_file(path: str | Path) -> Tensor:
     one is named ``weight``/``*.weight`` or ``kernel``. Orientation is not decided here.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise HeaderFileMissing(f"{p}: no such classifier (header) weights file")
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            content: Any = load_file(str(p))
-        else:
-            content = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a malformed file
-        raise HeaderFileError(f"{p}: not a readable safetensors/torch weights file "
-                              f"({type(exc).__name__}: {exc})") from None
+        content = read_weights(p)
+    except FileNotFoundError:
+        raise HeaderFileMissing(f"{p}: no such classifier (header) weights file") from None
+    except WeightsFileError as exc:
+        raise HeaderFileError(str(exc)) from None
     if isinstance(content, Tensor):
         candidates = {"": content}
     elif isinstance(content, Mapping):
@@ -221,6 +220,9 @@ def _check_scale_and_margin(s: float, m: float) -> None:
 class MarginObjectiveOptions(MarginOptions):
     init_header: str | None = field(default=None, metadata={
         "help": "file (safetensors/torch) with a classes × embedding header to start the head from, as FACES does"})
+    sharded: bool = field(default=False, metadata={
+        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
+                "result as the replicated head; ignored in a single process"})
 
 
 @dataclass
@@ -228,6 +230,9 @@ class ArcFaceOptions:
     s: float = field(default=64.0, metadata={"help": "logit scale"})
     m: float = field(default=0.5, metadata={"help": "additive angular margin (radians)"})
     init_header: str | None = field(default=None, metadata={"help": "classes × embedding header file to start from"})
+    sharded: bool = field(default=False, metadata={
+        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
+                "result as the replicated head; ignored in a single process"})
 
     def __post_init__(self) -> None:
         _check_scale_and_margin(self.s, self.m)
@@ -238,6 +243,9 @@ class CosFaceOptions:
     s: float = field(default=64.0, metadata={"help": "logit scale"})
     m: float = field(default=0.35, metadata={"help": "additive cosine margin"})
     init_header: str | None = field(default=None, metadata={"help": "classes × embedding header file to start from"})
+    sharded: bool = field(default=False, metadata={
+        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
+                "result as the replicated head; ignored in a single process"})
 
     def __post_init__(self) -> None:
         _check_scale_and_margin(self.s, self.m)
@@ -256,6 +264,10 @@ class MarginObjective(nn.Module):
     initialised N(0, 0.01²) from a generator seeded by the recipe seed, or from ``init_header``;
     it moves it to ``ctx.device`` and publishes it as ``ctx.state["header"]`` for reuse (e.g. as the
     teacher classifier of a later ArcDistill phase, or by benchmarks).
+
+    ``sharded`` under torchrun: the head is a :class:`ShardedMarginHead` (this rank's rows only); the
+    full head is gathered and published as ``ctx.state["header"]`` when training ends
+    (:meth:`on_train_end`, K × E on every rank once).
     """
 
     needs_teacher = False
@@ -264,7 +276,7 @@ class MarginObjective(nn.Module):
         super().__init__()
         self.options = options
         self.m1, self.m2, self.m3 = margin_parameters(options, default_m)
-        self.head: CombinedMarginHead | None = None
+        self.head: CombinedMarginHead | ShardedMarginHead | None = None
 
     def setup(self, ctx: Any) -> None:
         num_classes = int(ctx.data.num_classes)
@@ -275,17 +287,35 @@ class MarginObjective(nn.Module):
         else:
             init = torch.randn(num_classes, size, generator=seeded_generator(ctx, _HEADER_SALT)) * 0.01
         o = self.options
+        if getattr(o, "sharded", False) and distributed.world() > 1:
+            if num_classes < distributed.world():
+                raise LossConfigError(f"sharded: {num_classes} classes cannot be split over "
+                                      f"{distributed.world()} processes")
+            self.head = ShardedMarginHead(size, num_classes, init, s=o.s, m1=self.m1, m2=self.m2, m3=self.m3,
+                                          rank=distributed.rank(), world=distributed.world()).to(context_device(ctx))
+            return  # the full head is published by on_train_end
         self.head = CombinedMarginHead(size, num_classes, s=o.s, m1=self.m1, m2=self.m2, m3=self.m3,
                                        init_weight=init).to(context_device(ctx))
         ctx.state["header"] = self.head
+
+    def on_train_end(self, ctx: Any) -> None:
+        """Called by the training loop on every rank when the phase ends: a sharded head's rows are
+        gathered into the full head, published as ``ctx.state["header"]`` (header.safetensors)."""
+        if isinstance(self.head, ShardedMarginHead):
+            ctx.state["header"] = self.head.full_head()
 
     def margin_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of the margin logits of ``embeddings`` (B, E) against ``labels`` (B,)."""
         if self.head is None:
             raise RuntimeError("MarginObjective.setup(ctx) must run before the first forward")
+        if isinstance(self.head, ShardedMarginHead):
+            return self.head(embeddings, labels)  # the global batch's mean, on every rank
         return F.cross_entropy(self.head(embeddings, labels), labels.long())
 
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
+        if isinstance(self.head, ShardedMarginHead):  # scaled for the data-parallel loop (see there)
+            loss, logged = self.head.data_parallel_loss(as_embedding(outputs), batch["label"])
+            return {"loss": loss, "margin_loss": logged}
         loss = self.margin_loss(as_embedding(outputs), batch["label"])
         return {"loss": loss, "margin_loss": loss.detach()}
 
@@ -293,7 +323,7 @@ class MarginObjective(nn.Module):
 def _preset(kind: str) -> Callable[[Any], MarginObjective]:
     def build(options: Any) -> MarginObjective:
         return MarginObjective(MarginObjectiveOptions(margin=kind, s=options.s, m=options.m,
-                                                      init_header=options.init_header))
+                                                      init_header=options.init_header, sharded=options.sharded))
 
     build.__doc__ = f"{kind} margin objective with a trainable head"
     return build

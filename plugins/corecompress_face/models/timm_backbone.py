@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from corecompress.weights import WeightsFileError, read_weights, unwrap_state_dict
 
 from .dlib_resnet import DataFormatError
 
@@ -43,21 +44,10 @@ def _create_timm_model(model_name: str, img_size: int | None, timm_kwargs: dict[
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a safetensors file or a torch checkpoint (``weights_only=True``), unwrapping common nests."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a malformed-file error
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataFormatError(f"{path}: cannot read weights ({first_line})") from None
-    for wrapper in ("state_dict", "model", "model_state_dict", "module"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
+        state = unwrap_state_dict(read_weights(path), ("state_dict", "model", "model_state_dict", "module"))
+    except WeightsFileError as err:
+        raise DataFormatError(str(err)) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise DataFormatError(f"{path}: expected a state dict of tensors")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
