@@ -313,8 +313,11 @@ class ShardedBatchSampler:
             yield batch[lo:hi]
 
 
-def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, ignore: Sequence[str] = ()) -> torch.nn.Module:
     """``module`` in DistributedDataParallel for this rank's device.
+
+    ``ignore``: names of parameters DDP neither broadcasts at start nor averages (rows of a head
+    split across ranks, :mod:`corecompress.row_shards`).
 
     ``static_graph``: the set of parameters used is the same every step, so parameters the forward
     never uses (a model's unused head) are allowed, and a step whose backward is skipped (non-finite
@@ -332,6 +335,8 @@ def wrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
         kwargs["broadcast_buffers"] = False
     if where.type == "cuda":
         kwargs["device_ids"] = [where.index]
+    if ignore:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
     return DistributedDataParallel(module, **kwargs)
 
 

@@ -17,6 +17,9 @@ logged parts are averaged over ranks weighted by their sample counts (= the sing
 mean); whether to skip a step or to stop on Ctrl-C is agreed by all ranks; only rank 0 writes
 checkpoints, with every rank's generator state. ``$CORECOMPRESS_DDP_DUMP_DIR`` (diagnostics) makes
 every rank write its trained model, objective and masks to ``DIR/<phase>.rank<r>.safetensors``.
+An objective's parameters tagged as split by rows across ranks (a Partial FC head,
+:mod:`corecompress.row_shards`) are kept out of DDP's averaging, enter gradient clipping with the
+global norm, and are gathered into full matrices for checkpoints (sliced again on resume).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from corecompress import distributed
+from corecompress import distributed, row_shards
 from corecompress.checkpoint import (
     Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
     save_checkpoint, set_rng_state,
@@ -235,7 +238,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
     batches = iter(loader)
     step_module: torch.nn.Module = StudentWithObjective(model, objective)
     if world > 1:
-        step_module = distributed.wrap_ddp(step_module)
+        step_module = distributed.wrap_ddp(step_module, ignore=row_shards.ddp_ignore_names(step_module))
     teacher_call = _teacher_outputs(target, ctx.teacher) if needs_teacher else None
     if resumed is not None:  # last, so nothing above can draw from the restored generators
         _restore_rng(resumed, seed, phase)
@@ -279,7 +282,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
             if finite:
                 (loss * share if share != 1.0 else loss).backward()
                 if section.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, section.clip_grad_norm)
+                    row_shards.clip_grad_norm_(params, section.clip_grad_norm)  # torch's unless sharded
                 factor = schedule(step, section.steps)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * factor
@@ -346,6 +349,9 @@ def _finish(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
             progress: _Progress) -> TrainResult:
     model.eval()
     ctx.state[f"{phase}_objective"] = objective
+    on_train_end = getattr(objective, "on_train_end", None)
+    if callable(on_train_end):  # every rank (e.g. a sharded head gathers its full matrix here)
+        on_train_end(ctx)
     if distributed.world() > 1:  # later stages draw from rank 0's generators, as a single process would
         set_rng_state(distributed.broadcast_object(rng_state()))
     dump_dir = os.environ.get(distributed.ENV_DUMP_DIR)
@@ -381,13 +387,15 @@ def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.n
             "history": progress.history, "last_loss": progress.last_loss, "skipped": progress.skipped,
             "seconds": seconds}
     states = distributed.gather_objects(rng_state())  # every rank's generators (rank 0: "rng")
+    # rows split across ranks (a sharded head) and their moments, gathered into full matrices on rank 0
+    objective_part, optimizer_part = row_shards.checkpoint_views(objective, optimizer)
 
     def write() -> None:
         assert states is not None
         if len(states) > 1:
             info["world_size"] = len(states)
         save_checkpoint(ctx.out_dir / "checkpoints", checkpoint_name(phase, progress.step), model=model,
-                        objective=objective, optimizer=optimizer, info=info, masks=masks, rng=states[0],
+                        objective=objective_part, optimizer=optimizer_part, info=info, masks=masks, rng=states[0],
                         rank_rngs=states[1:])
 
     distributed.on_main(write, share=False)
@@ -417,10 +425,11 @@ def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
 
     def restore(ckpt: Checkpoint) -> None:
         model_state = ckpt.fitting_tensors("model", model)
-        objective_state = ckpt.fitting_tensors("objective", objective) if ckpt.has("objective") else {}
+        objective_state = row_shards.local_rows(ckpt.fitting_tensors("objective", row_shards.full_view(objective)),
+                                                objective) if ckpt.has("objective") else {}  # this rank's rows
         if not ckpt.has("objective") and any(True for _ in objective.state_dict()):
             raise CheckpointError(f"checkpoint {ckpt.path}: objective.safetensors is missing")
-        optimizer_state = ckpt.tree("optimizer")
+        optimizer_state = row_shards.local_optimizer_rows(ckpt.tree("optimizer"), optimizer, objective)
         ckpt.tree("rng")  # readable now, applied when the loop starts
         masks = getattr(ctx, "masks", None)
         mask_state = ckpt.tensors("masks") if masks is not None and ckpt.has("masks") else None
