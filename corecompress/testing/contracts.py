@@ -34,7 +34,8 @@ def fake_context(seed: int = 0, num_classes: int = 5, embedding_size: int = 16, 
     recipe = SimpleNamespace(seed=seed, prune=prune, retrain=SimpleNamespace(batch_size=len(batches[0]["label"])),
                              train=None)
     return SimpleNamespace(recipe=recipe, data=data, teacher=teacher, state={}, hook=hook, masks=None,
-                           model_spec=SimpleNamespace(embedding_size=embedding_size, input_size=(3, 16, 16)),
+                           model_spec=SimpleNamespace(embedding_size=embedding_size,
+                                                      input_size=tuple(batches[0]["image"].shape[1:])),
                            log=logging.getLogger("corecompress.contract"), out_dir=out_dir,
                            device=torch.device("cpu"), calibration=batches)
 
