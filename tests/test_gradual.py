@@ -120,3 +120,19 @@ def test_gradual_recipe_errors_are_one_line(cli, tmp_path, change, message):
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not run.exists()
+
+
+def test_gradual_with_a_gradient_importance_on_heads_and_neurons(cli, tmp_path):
+    """Taylor scores need data and gradients mid-training; heads and neurons are pruned round by round."""
+    data = copy.deepcopy(RECIPE)
+    data["prune"].update({"importance": "taylor", "targets": ["heads", "neurons"], "rounds": 3, "ramp": "linear"})
+    code, _out, err, run = _run(cli, tmp_path, data)
+    assert code == 0, err
+    plans = [json.loads((run / f"plan.round{k}.json").read_text()) for k in range(1, 4)]
+    for earlier, later in zip(plans, plans[1:]):
+        for name, group in later["groups"].items():
+            assert set(group["keep"]) <= set(earlier["groups"][name]["keep"]), name
+    kept_heads = len(plans[-1]["groups"]["blocks.0.heads"]["keep"])
+    assert kept_heads == 2  # floor(4 · (1 − 0.5))
+    weights = load_file(str(run / "model.safetensors"))
+    assert weights["blocks.0.mlp.fc1.weight"].shape[0] == len(plans[-1]["groups"]["blocks.0.mlp_hidden"]["keep"]) == 32
