@@ -130,8 +130,8 @@ def main() -> None:
         run_comparisons(letters, args.jobs)
     runs = [ROOT / "runs" / "bench" / f"faces_sweep_{x}" / r["run_dir"] for x in letters for r in read_rows(x)]
     speed, dense_rates = measure_speed(runs, args.threads, args.batch, args.repeats)
-    note = (f"Measured {datetime.date.today()} on {platform.machine()} ({torch.get_num_threads()} torch threads "
-            f"available), torch {torch.__version__}; speed: {args.threads} threads, batch {args.batch}, "
+    note = (f"Measured {datetime.date.today()} on {platform.machine()}, torch {torch.__version__}; "
+            f"speed: {args.threads} thread(s), batch {args.batch}, "
             f"median of {args.repeats} interleaved with the dense teacher, once per distinct architecture (dense ≈ "
             f"{statistics.median(dense_rates):.0f} images/s). `python benchmarks/pruning_sweep.py "
             f"--only {''.join(letters)} --skip-runs --update-benchmarks` regenerates it.")

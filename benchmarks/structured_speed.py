@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import warnings
 
 import torch
 
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense parameters to keep")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # Torch-Pruning warns once per trace that Swin's relative-position tables are "unwrapped parameters"
+    warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
     reg = load_plugins().registry
     comp = reg.get("model", "swinface")
     spec = comp.create(comp.parse({"preset": "swin_t"}, "model"))
