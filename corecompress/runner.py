@@ -210,13 +210,19 @@ def _gradual_pruner(ctx: RunContext) -> GradualPruner:
     if "grad" in getattr(importance, "needs", ()) and distributed.world() > 1:
         raise UserError(f"prune.rounds: gradual pruning with the gradient-based importance '{p.importance.name}' "
                         "is not supported under torchrun; use rounds: 1 or a data-free importance")
-    return GradualPruner(
+    pruner = GradualPruner(
         ctx, ctx.groups, round_sparsities(p.sparsity, p.rounds, p.ramp),
         round_steps(p.rounds, ctx.recipe.retrain.steps, p.ramp_fraction),
         make=lambda scores, sparsity: _make_plan(ctx, scores, sparsity),
         score=lambda model: importance.score(model, ctx.groups, ctx),
         agree=lambda own: _agree_on_plan(ctx, own),
         save=lambda k, plan: _save_plan(ctx, plan_file(ctx.recipe, k), plan))
+    if ctx.state.get(RESUMING) and distributed.is_main():  # rounds done before the interruption, from their plans
+        for k in range(2, p.rounds + 1):
+            path = ctx.out_dir / plan_file(ctx.recipe, k)
+            if _readable_plan(path, ctx.log):
+                pruner.record(k, PruningPlan.load(path), None)
+    return pruner
 
 
 def _finish_gradual(ctx: RunContext) -> None:

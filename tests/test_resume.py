@@ -293,3 +293,6 @@ def test_crash_then_resume_gradual_pruning(plugins, tmp_path):
     assert_same_weights(out, ref)
     assert "retrain: resumed at step 5 of 20" in (out / "log.txt").read_text()
     assert json.loads((out / "plan.json").read_text()) == json.loads((ref / "plan.json").read_text())
+    rounds = json.loads((out / "metrics.json").read_text())["prune_rounds"]
+    assert [(r["round"], r["after_step"]) for r in rounds] == [(2, 5), (3, 10)]  # round 2 from before the crash
+    assert rounds[0]["scoring_seconds"] is None and rounds[1]["scoring_seconds"] > 0

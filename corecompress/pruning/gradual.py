@@ -133,6 +133,13 @@ class GradualPruner:
             if index > 0 and at == completed_steps:
                 self.prune_round(index + 1, model)
 
+    def record(self, k: int, plan: PruningPlan, seconds: float | None) -> None:
+        """Round k in ``metrics["prune_rounds"]`` (replacing an earlier record of it, e.g. from before a resume)."""
+        rounds = [r for r in self.context.metrics.get("prune_rounds", []) if r["round"] != k]
+        rounds.append({"round": k, "after_step": self.steps[k - 1], "sparsity": self.sparsities[k - 1],
+                       "units_removed": plan.unit_ratio(), "scoring_seconds": seconds})
+        self.context.metrics["prune_rounds"] = sorted(rounds, key=lambda r: r["round"])
+
     def prune_round(self, k: int, model: torch.nn.Module) -> PruningPlan:
         ctx = self.context
         start = time.perf_counter()
@@ -143,10 +150,8 @@ class GradualPruner:
         masks.apply(model)
         ctx.masks = masks
         model.train()
-        record = {"round": k, "after_step": self.steps[k - 1], "sparsity": self.sparsities[k - 1],
-                  "units_removed": plan.unit_ratio(), "scoring_seconds": time.perf_counter() - start}
-        ctx.metrics.setdefault("prune_rounds", []).append(record)
+        self.record(k, plan, time.perf_counter() - start)
         ctx.log.info("gradual pruning round %d/%d after step %d: sparsity %.4f (%.4f of units removed)", k,
-                     len(self.steps), record["after_step"], record["sparsity"], record["units_removed"])
+                     len(self.steps), self.steps[k - 1], self.sparsities[k - 1], plan.unit_ratio())
         self.save(k, plan)
         return plan
