@@ -90,6 +90,21 @@ def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float) -> to
     return total.float()
 
 
+def _padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    out = tensor.new_zeros((rows, *tensor.shape[1:]))
+    out[: tensor.shape[0]] = tensor
+    return out
+
+
+def all_gather_rows(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's ``tensor`` (rank r holds ``sizes[r]`` rows) concatenated in rank order, on every
+    rank (a collective; rows are padded to the largest count for the all-gather)."""
+    padded = _padded(tensor, max(sizes))
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
 def gather_rows(tensor: torch.Tensor, shard: RowShard, dst: int | None = 0) -> torch.Tensor | None:
     """The full ``shard.total``-row matrix from every rank's rows (a collective): on rank ``dst`` only
     (None elsewhere), or on every rank when ``dst`` is None. In a single process: ``tensor`` itself."""
@@ -99,18 +114,15 @@ def gather_rows(tensor: torch.Tensor, shard: RowShard, dst: int | None = 0) -> t
     bounds = [row_bounds(shard.total, r, world) for r in range(world)]
     if bounds[rank] != (shard.start, shard.stop):
         raise RuntimeError(f"row shard [{shard.start}, {shard.stop}) is not rank {rank}'s of {world}")
-    rows = max(stop - start for start, stop in bounds)
-    padded = tensor.new_zeros((rows, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor.detach()
+    sizes = [stop - start for start, stop in bounds]
     if dst is None:
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-    else:
-        parts = [torch.empty_like(padded) for _ in range(world)] if rank == dst else None
-        dist.gather(padded, parts, dst=dst)
-        if parts is None:
-            return None
-    return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, bounds)])
+        return all_gather_rows(tensor.detach(), sizes)
+    padded = _padded(tensor.detach(), max(sizes))
+    parts = [torch.empty_like(padded) for _ in range(world)] if rank == dst else None
+    dist.gather(padded, parts, dst=dst)
+    if parts is None:
+        return None
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 
 class StateView:

@@ -12,10 +12,8 @@ distributed run ends bitwise equal to the uninterrupted one. The helpers are uni
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -125,21 +123,26 @@ def launched(tmp_path_factory):
     return {"work": work, "done": done, "codes": codes}
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """The same recipes in one process (same global batch)."""
+def run_in_one_process(work: Path, recipes: dict[str, dict]) -> None:
+    """Run each recipe in this process into ``work/<name>``, its trained state dumped to ``work/dump_<name>``."""
     from corecompress.cli import main
 
-    work = tmp_path_factory.mktemp("single")
     old = os.environ.pop(distributed.ENV_DUMP_DIR, None)
     try:
-        for name, data in (("margin", MARGIN), ("ada", ADA)):
+        for name, data in recipes.items():
             os.environ[distributed.ENV_DUMP_DIR] = str(work / f"dump_{name}")
             assert main(["run", str(write_recipe(work / f"{name}.yaml", data)), "--out", str(work / name)]) == 0
     finally:
         os.environ.pop(distributed.ENV_DUMP_DIR, None)
         if old is not None:
             os.environ[distributed.ENV_DUMP_DIR] = old
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The same recipes in one process (same global batch)."""
+    work = tmp_path_factory.mktemp("single")
+    run_in_one_process(work, {"margin": MARGIN, "ada": ADA})
     return work
 
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from corecompress import distributed, row_shards
+from corecompress import row_shards
 from corecompress_face.heads.margin import CombinedMarginHead
 from corecompress_face.heads.partial_fc import ShardedMarginHead, sharded_margin_loss
 from corecompress_face.losses import MarginObjective, MarginObjectiveOptions
-from test_distributed import assert_bitwise_equal, dumps, max_difference, pytestmark, torchrun, write_recipe  # noqa: F401
+from test_distributed import (  # noqa: F401
+    assert_bitwise_equal, dumps, max_difference, pytestmark, run_in_one_process, torchrun, write_recipe,
+)
 
 MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35), "combined": (1.2, 0.3, 0.1)}
 
@@ -142,20 +141,12 @@ def launched(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """SHARDED in one process, with ``sharded: true`` and with the replicated head."""
-    from corecompress.cli import main
-
     work = tmp_path_factory.mktemp("single_fc")
-    old = os.environ.pop(distributed.ENV_DUMP_DIR, None)
-    try:
-        for name, sharded in (("sharded", True), ("plain", False)):
-            recipe = copy.deepcopy(SHARDED)
-            recipe["train"]["objective"]["sharded"] = sharded
-            os.environ[distributed.ENV_DUMP_DIR] = str(work / f"dump_{name}")
-            assert main(["run", str(write_recipe(work / f"{name}.yaml", recipe)), "--out", str(work / name)]) == 0
-    finally:
-        os.environ.pop(distributed.ENV_DUMP_DIR, None)
-        if old is not None:
-            os.environ[distributed.ENV_DUMP_DIR] = old
+    recipes = {}
+    for name, sharded in (("sharded", True), ("plain", False)):
+        recipes[name] = copy.deepcopy(SHARDED)
+        recipes[name]["train"]["objective"]["sharded"] = sharded
+    run_in_one_process(work, recipes)
     return work
 
 

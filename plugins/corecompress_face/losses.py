@@ -34,6 +34,8 @@ from corecompress_face.heads.margin import CombinedMarginHead
 from corecompress_face.heads.partial_fc import ShardedMarginHead
 
 MarginKind = Literal["arcface", "cosface", "combined"]
+SHARDED_HELP = ("under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same result as "
+                "the replicated head; ignored in a single process")
 
 #: Default m of the plain objective: ArcFace 0.5 (ArcFace paper, insightface, FACES retraining),
 #: CosFace 0.35 (CosFace paper, AdaDistill).
@@ -220,9 +222,7 @@ def _check_scale_and_margin(s: float, m: float) -> None:
 class MarginObjectiveOptions(MarginOptions):
     init_header: str | None = field(default=None, metadata={
         "help": "file (safetensors/torch) with a classes × embedding header to start the head from, as FACES does"})
-    sharded: bool = field(default=False, metadata={
-        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
-                "result as the replicated head; ignored in a single process"})
+    sharded: bool = field(default=False, metadata={"help": SHARDED_HELP})
 
 
 @dataclass
@@ -230,9 +230,7 @@ class ArcFaceOptions:
     s: float = field(default=64.0, metadata={"help": "logit scale"})
     m: float = field(default=0.5, metadata={"help": "additive angular margin (radians)"})
     init_header: str | None = field(default=None, metadata={"help": "classes × embedding header file to start from"})
-    sharded: bool = field(default=False, metadata={
-        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
-                "result as the replicated head; ignored in a single process"})
+    sharded: bool = field(default=False, metadata={"help": SHARDED_HELP})
 
     def __post_init__(self) -> None:
         _check_scale_and_margin(self.s, self.m)
@@ -243,9 +241,7 @@ class CosFaceOptions:
     s: float = field(default=64.0, metadata={"help": "logit scale"})
     m: float = field(default=0.35, metadata={"help": "additive cosine margin"})
     init_header: str | None = field(default=None, metadata={"help": "classes × embedding header file to start from"})
-    sharded: bool = field(default=False, metadata={
-        "help": "under torchrun: each rank holds only its K/N rows of the head (Partial FC); exact, same "
-                "result as the replicated head; ignored in a single process"})
+    sharded: bool = field(default=False, metadata={"help": SHARDED_HELP})
 
     def __post_init__(self) -> None:
         _check_scale_and_margin(self.s, self.m)

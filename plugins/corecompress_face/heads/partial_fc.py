@@ -36,16 +36,6 @@ from corecompress import distributed, row_shards
 from corecompress_face.heads.margin import DEFAULT_EPS, CombinedMarginHead, _check_margins, margin_logits
 
 
-def _gather_padded(tensor: Tensor, sizes: list[int]) -> Tensor:
-    """Every rank's ``tensor`` (rows differ by rank, ``sizes``) concatenated in rank order."""
-    rows = max(sizes)
-    padded = tensor.new_zeros((rows, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
-
-
 class _AllGatherRows(torch.autograd.Function):
     """All-gather along rows; backward: the gradients of all ranks summed, this rank's slice returned."""
 
@@ -53,7 +43,7 @@ class _AllGatherRows(torch.autograd.Function):
     def forward(ctx: Any, tensor: Tensor, sizes: list[int], rank: int) -> Tensor:
         ctx.start = sum(sizes[:rank])
         ctx.rows = sizes[rank]
-        return _gather_padded(tensor.detach(), sizes)
+        return row_shards.all_gather_rows(tensor.detach().contiguous(), sizes)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -73,7 +63,7 @@ def gather_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, in
     sizes_ = [int(s) for s in sizes]
     rank = distributed.rank()
     gathered = _AllGatherRows.apply(embeddings, sizes_, rank)
-    return gathered, _gather_padded(labels.long(), sizes_), sum(sizes_[:rank])
+    return gathered, row_shards.all_gather_rows(labels.long(), sizes_), sum(sizes_[:rank])
 
 
 def _all_reduce(tensor: Tensor, op: Any = None) -> Tensor:
