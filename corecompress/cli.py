@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe, or continue an interrupted run (--resume)")
     p.add_argument("recipe", nargs="?")
     p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--force", action="store_true", help="replace an earlier run in --out (only a corecompress run directory or an empty folder)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.set_defaults(func=cmd_run)

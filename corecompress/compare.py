@@ -144,19 +144,27 @@ def check_finished_runs_match(runs: list[PlannedRun]) -> None:
                             "pass --force to run the comparison again or choose another --out")
 
 
-def prepare_directory(out_dir: Path, force: bool, only_report: bool) -> None:
-    """Refuse to write into a folder that is not a comparison; --force replaces it."""
+#: What a comparison writes at the top of its directory; ``--force`` replaces only such folders.
+COMPARISON_ENTRIES = (COMPARISON_FILE, "results.csv", "results.md", "plots", "cells", ".*.tmp")
+
+
+def prepare_directory(out_dir: Path, force: bool, only_report: bool) -> Any:
+    """Refuse to write into a folder that is not a comparison. With ``force`` an earlier comparison
+    (never anything else) is moved aside: the returned :class:`~corecompress.rundir.Replacement`."""
+    from corecompress.rundir import Replacement, check_replaceable
+
     is_comparison = (out_dir / COMPARISON_FILE).is_file()
     if only_report:
         if not is_comparison:
             raise UserError(f"{out_dir}: no comparison here ({COMPARISON_FILE} missing); run without --only-report first")
-        return
+        return None
+    if force:
+        check_replaceable(out_dir, (COMPARISON_FILE,), COMPARISON_ENTRIES, "comparison")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not is_comparison and not force:
         raise UserError(f"{out_dir}: exists and is not a comparison directory; choose another --out or pass --force")
-    if force and out_dir.exists():
-        shutil.rmtree(out_dir)
+    return Replacement(out_dir) if force else None
 
 
 def write_comparison_file(out_dir: Path, recipe_path: str, recipe: Any, runs: list[PlannedRun]) -> None:
@@ -229,13 +237,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
     out_dir = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-compare"
     runs = plan_runs(raw, recipe, plugins.registry, out_dir)
-    prepare_directory(out_dir, args.force, args.only_report)
     if not args.force:
         check_finished_runs_match(runs)
+    replacement = prepare_directory(out_dir, args.force, args.only_report)
     errors: dict[Path, str] = {}
     if not args.only_report:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_comparison_file(out_dir, args.recipe, recipe, runs)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_comparison_file(out_dir, args.recipe, recipe, runs)
+        except BaseException:
+            if replacement is not None:  # the new comparison did not start: the earlier one is back
+                replacement.restore()
+            raise
+        if replacement is not None:
+            replacement.keep_new()
         cells = len({r.cell_id for r in runs})
         print(f"comparison '{recipe.name}': {cells} cell(s) x {len(runs) // cells} seed(s) = {len(runs)} run(s) in {out_dir}")
         errors = execute_runs(runs, plugins)
@@ -258,7 +273,7 @@ def add_compare_parser(subparsers: Any) -> None:
                                           "results.csv, results.md and plots.")
     p.add_argument("recipe")
     p.add_argument("--out", help="comparison directory (default runs/<name>-compare; re-running resumes it)")
-    p.add_argument("--force", action="store_true", help="replace an existing comparison directory and run everything")
+    p.add_argument("--force", action="store_true", help="replace an earlier comparison in --out (only a comparison directory or an empty folder) and run everything")
     p.add_argument("--only-report", action="store_true", help="run nothing; rewrite results and plots from the runs")
     p.add_argument("--metric", help="accuracy metric to plot (default: the first '*accuracy*' metric after pruning)")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")

@@ -1,6 +1,7 @@
 """Run directories and atomic file writes. Nothing a user already has is overwritten unasked."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import platform
@@ -21,17 +22,81 @@ def default_run_dir(base: str | Path, name: str) -> Path:
     return Path(base) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(path: Path, force: bool = False) -> Path:
-    """Create ``path``; an existing non-empty directory is an error unless ``force``."""
+#: What a run writes at the top of its directory (shell patterns); ``--force`` replaces only such folders.
+RUN_ENTRIES: tuple[str, ...] = (
+    STATUS_FILE, "recipe.resolved.json", "versions.json", "plan.json", "plan.round*.json", "metrics.json",
+    "report.md", "model.safetensors", "architecture.json", "model.onnx", "header.safetensors", "log.txt",
+    "checkpoints", "traceback.txt", ".*.tmp",
+)
+#: Files only a run directory has: both present = a corecompress run.
+RUN_MARKERS: tuple[str, ...] = (STATUS_FILE, "recipe.resolved.json")
+
+
+def check_replaceable(path: Path, markers: tuple[str, ...], entries: tuple[str, ...], what: str) -> None:
+    """Refuse (one-line UserError) to replace ``path`` unless it is empty or a corecompress ``what``
+    directory holding nothing but what such a directory holds: ``--force`` never deletes a user's files."""
+    if path.is_symlink():
+        raise UserError(f"{path}: is a symbolic link; --force replaces only a real {what} directory "
+                        "(give the directory itself, or another --out)")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{path}: exists and is not a directory; choose another --out")
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if not any(fnmatch.fnmatchcase(n, pattern) for pattern in entries)]
+    if foreign or not all((path / m).exists() for m in markers):
+        shown_names = foreign or names
+        listed = ", ".join(shown_names[:3]) + (", ..." if len(shown_names) > 3 else "")
+        raise UserError(f"{path}: holds files that are not a corecompress {what} ({listed}); "
+                        "--force replaces only an earlier run; choose another --out")
+
+
+class Replacement:
+    """An earlier run (or comparison) directory moved aside while its replacement starts: ``keep_new``
+    deletes the old one once the new one is under way; ``restore`` puts it back when the new one
+    failed to start. Nothing of the old one is lost until the new one has started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.aside: Path | None = None
+        if self.path.is_dir() and any(self.path.iterdir()):
+            self.aside = self.path.with_name(f".{self.path.name}.replaced-{os.getpid()}")
+            os.rename(self.path, self.aside)
+
+    def keep_new(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def restore(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.rename(self.aside, self.path)
+            self.aside = None
+
+
+def create_run_dir(path: Path, force: bool = False) -> tuple[Path, Replacement | None]:
+    """Create ``path``: (the path, the :class:`Replacement` of an earlier run when ``force`` moved
+    one aside). An existing non-empty directory is an error unless ``force`` and it is a run."""
+    if force:
+        check_replaceable(path, RUN_MARKERS, RUN_ENTRIES, "run")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a directory")
+    replacement = None
     if path.exists() and any(path.iterdir()):
         if not force:
             raise UserError(f"{path}: run directory already exists; choose another --out or pass --force to replace it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / STATUS_FILE, {"state": "running", "started": time.time()})
-    return path
+        replacement = Replacement(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / STATUS_FILE, {"state": "running", "started": time.time()})
+    except BaseException:
+        if replacement is not None:
+            replacement.restore()
+        raise
+    return path, replacement
 
 
 def read_status(path: Path) -> dict[str, Any]:

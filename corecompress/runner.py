@@ -274,19 +274,30 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
     """Execute every stage of ``recipe`` into the new run directory ``out_dir`` (under torchrun: the
     directory rank 0 created; every rank must be given the same ``out_dir``)."""
     lock = RunLock(out_dir)
+    replaced: list[Any] = []  # rank 0: the earlier run that --force moved aside, until this one has started
 
     def create() -> Path:  # rank 0 only; its errors are raised on every rank
         lock.acquire()  # refuses a directory another process is writing (also with --force)
-        path = create_run_dir(out_dir, force)
+        path, replacement = create_run_dir(out_dir, force)
+        replaced.append(replacement)
         lock.acquire()
         write_json(path / "recipe.resolved.json", recipe_to_dict(recipe))
         write_json(path / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed,
                                             "world_size": distributed.world()})
         return path
 
+    def started() -> None:  # the new run is built: the earlier one can go
+        if replaced and replaced[0] is not None:
+            replaced[0].keep_new()
+
     try:
         out_dir = distributed.on_main(create)
-        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0)
+        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, on_started=started)
+    except BaseException:
+        if replaced and replaced[0] is not None:  # failed at start-up: the earlier run is back in place
+            lock.release()
+            replaced[0].restore()
+        raise
     finally:
         lock.release()
 
@@ -338,7 +349,7 @@ class RunAlreadyComplete(UserError):
 
 
 def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
-             resumes: int) -> RunContext:
+             resumes: int, on_started: Callable[[], None] | None = None) -> RunContext:
     main = distributed.is_main()
     log = _make_logger(out_dir)
     status = {**status, "resumes": resumes, "pid": os.getpid()}
@@ -362,6 +373,8 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
                 result = distributed.on_main(lambda: _run_stage(ctx, name, stage), share=False)
             else:
                 result = _run_stage(ctx, name, stage)
+            if name == "build" and on_started is not None and main:
+                on_started()
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         message = str(exc).splitlines()[0] if str(exc) else ""

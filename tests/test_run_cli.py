@@ -56,9 +56,9 @@ def test_existing_run_directory_is_not_overwritten(cli, repo, tmp_path):
     code, _out, err = cli("run", recipe, "--out", out)
     assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "precious.txt").read_text() == "keep me"
-    code, _out, err = cli("run", recipe, "--out", out, "--force")
-    assert code == 0, err
-    assert not (out / "precious.txt").exists()
+    code, _out, err = cli("run", recipe, "--out", out, "--force")  # --force replaces runs, nothing else
+    assert code == 2 and "not a corecompress run (precious.txt)" in err
+    assert (out / "precious.txt").read_text() == "keep me"
 
 
 def test_same_seed_same_weights(cli, repo, tmp_path):
