@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from corecompress.plugins import load_plugins
+from corecompress.plugin.loading import load_plugins
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = load_plugins().registry
-    from corecompress_face.models.mobilefacenet import mobilefacenet_small
+    from corecompress_facekit.models.mobilefacenet import mobilefacenet_small
 
     student = mobilefacenet_small(embedding_size=128, input_size=64)
     teacher = mobilefacenet_small(embedding_size=128, input_size=64).eval()  # only its embedding size is read

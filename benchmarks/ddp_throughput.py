@@ -37,10 +37,10 @@ RECIPE = {"version": 1, "name": "ddp_bench", "seed": 0, "threads": 1,
 
 def worker(recipe: Path, out: Path, timings: Path) -> int:
     """Run the recipe with a plugin that stamps every optimizer step; rank 0 writes the stamps."""
-    import corecompress.plugins as plugins
-    from corecompress import distributed
-    from corecompress.cli import main
-    from corecompress.hookspecs import hookimpl
+    import corecompress.plugin.loading as plugins
+    from corecompress.engine import distributed
+    from corecompress.tools.cli import main
+    from corecompress import hookimpl
 
     stamps: list[float] = []
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corecompress import measure
-from corecompress.plugins import load_plugins
+from corecompress.tools import measure
+from corecompress.plugin.loading import load_plugins
 from corecompress.pruning import make_plan
 from corecompress.pruning.physical import apply_physical
 from corecompress.testing.contracts import fake_context
@@ -31,8 +31,8 @@ GLOBAL = {"nvit"}  # NViT ranks all blocks together with one threshold (per-bloc
 
 
 def evaluate(model, x, labels):
-    from corecompress_face.evaluation.roc import all_pairs, evaluate_roc
-    from corecompress_face.evaluation.verification import evaluate_verification
+    from corecompress_facekit.evaluation.roc import all_pairs, evaluate_roc
+    from corecompress_facekit.evaluation.verification import evaluate_verification
 
     with torch.no_grad():
         emb = torch.cat([model(x[i:i + 50]) for i in range(0, len(x), 50)]).numpy()
@@ -60,8 +60,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from corecompress_face.data.formats.olivetti import load_olivetti
-    from corecompress_face.models.dlib_resnet import preprocess_grey64
+    from corecompress_facekit.data.formats.olivetti import load_olivetti
+    from corecompress_facekit.models.dlib_resnet import preprocess_grey64
 
     mat, weights = args.data / "olivetti" / "olivettifaces.mat", args.data / "face-api-resnet"
     if not mat.exists() or not weights.exists():

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corecompress import measure
+from corecompress.tools import measure
 
 
 def swinface_t(threads: int) -> None:
-    from corecompress_face.models.swinface import build_swinface
+    from corecompress_facekit.models.swinface import build_swinface
 
     model = build_swinface("swin_t").eval()
     params = measure.count_parameters(model)
@@ -26,9 +26,9 @@ def swinface_t(threads: int) -> None:
 
 
 def dlib_olivetti(data: Path, threads: int) -> None:
-    from corecompress_face.data.formats.olivetti import load_olivetti
-    from corecompress_face.evaluation.roc import all_pairs, evaluate_roc
-    from corecompress_face.models.dlib_resnet import load_dlib_resnet, preprocess_grey64
+    from corecompress_facekit.data.formats.olivetti import load_olivetti
+    from corecompress_facekit.evaluation.roc import all_pairs, evaluate_roc
+    from corecompress_facekit.models.dlib_resnet import load_dlib_resnet, preprocess_grey64
 
     mat, weights = data / "olivetti" / "olivettifaces.mat", data / "face-api-resnet"
     if not mat.exists() or not weights.exists():

@@ -22,9 +22,9 @@ from types import SimpleNamespace
 
 import torch
 
-from corecompress import distributed, row_shards
-from corecompress.training import StudentWithObjective
-from corecompress_face.losses import MarginObjective, MarginObjectiveOptions
+from corecompress.engine import distributed, row_shards
+from corecompress.engine.training import StudentWithObjective
+from corecompress_facekit.losses import MarginObjective, MarginObjectiveOptions
 
 
 def build(sharded: bool, classes: int, dim: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, MarginObjective]:

@@ -67,7 +67,7 @@ def measure_speed(run_dirs: list[Path], threads: int, batch: int, repeats: int) 
     and the dense images/s of every measurement. Models with the same tensor shapes (e.g. the seeds of a
     local-scope cell) are measured once."""
     import corecompress
-    from corecompress import measure
+    from corecompress.tools import measure
 
     dense = corecompress.load(str(ROOT / "runs" / "bench" / "teacher"))
     speed: dict[Path, float] = {}

@@ -41,9 +41,9 @@ def recipe(dim: int, depth: int, threads: int) -> dict:
 
 def child(stamp: Path, crash_at: int, args: list[str]) -> int:
     """The CLI with a plugin that writes the time of the first step and optionally crashes."""
-    import corecompress.plugins as plugins
-    from corecompress.cli import main
-    from corecompress.hookspecs import hookimpl
+    import corecompress.plugin.loading as plugins
+    from corecompress.tools.cli import main
+    from corecompress import hookimpl
 
     class FirstStep:
         seen = False
@@ -112,7 +112,7 @@ def main() -> None:
                 call()
         reading = []
         for _ in range(args.repeats):
-            from corecompress.checkpoint import open_checkpoint
+            from corecompress.engine.checkpoint import open_checkpoint
 
             start = time.perf_counter()
             opened = open_checkpoint(ckpt)

@@ -16,8 +16,8 @@ import warnings
 
 import torch
 
-from corecompress import measure
-from corecompress.plugins import load_plugins
+from corecompress.tools import measure
+from corecompress.plugin.loading import load_plugins
 from corecompress.pruning import make_plan
 from corecompress.pruning.physical import apply_physical
 
@@ -65,7 +65,7 @@ def main() -> None:
           f" ({100 * measure.count_parameters(ours) / n_dense:.1f} %), {measure.count_macs(ours, spec.input_size) / 1e9:.3f} GMACs")
     models = {"dense": dense, "corecompress": ours}
     try:
-        from corecompress_baselines.torch_pruning_reference import torch_pruning_prune
+        from corecompress_prune_baselines.torch_pruning_reference import torch_pruning_prune
 
         example = torch.randn(1, *spec.input_size)
         lo, hi = 0.0, 0.99

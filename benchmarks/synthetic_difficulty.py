@@ -1,6 +1,6 @@
 """How hard is synthetic-face verification? Raw-pixel cosine and a tiny CNN on held-out identities.
 
-Why: the built-in synthetic data set (corecompress_face.data.synthetic) is only useful for testing
+Why: the built-in synthetic data set (corecompress_facekit.data.synthetic) is only useful for testing
 compression if verification on it is learnable but not solved. This script measures, on identities
 disjoint from training (``identity_offset``):
 
@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from corecompress_face.data.synthetic import SyntheticFaceConfig, SyntheticFaces
+from corecompress_facekit.data.synthetic import SyntheticFaceConfig, SyntheticFaces
 
 
 def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from corecompress.plugins import load_plugins
-from corecompress.recipe import validate_recipe
-from corecompress.runner import RunContext, build, _make_logger
-from corecompress.training import train
+from corecompress.plugin.loading import load_plugins
+from corecompress.config.recipe import validate_recipe
+from corecompress.engine.runner import RunContext, build, _make_logger
+from corecompress.engine.training import train
 
 RECIPE = {"version": 1, "name": "overhead", "model": {"name": "tiny_vit", "img_size": 32, "dim": 96, "depth": 4,
                                                        "num_heads": 4, "num_outputs": 20},

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+from corecompress.plugin.hookspecs import hookimpl  # the decorator plugins implement hooks with
+
+__all__ = ["__version__", "hookimpl", "load"]
 
 
 def load(path: str, map_location: str = "cpu", weights: str | None = None):  # noqa: ANN201 - an nn.Module
@@ -15,8 +17,8 @@ def load(path: str, map_location: str = "cpu", weights: str | None = None):  # n
 
     ``path``: a run directory, its ``architecture.json`` or an exported ``model.safetensors`` (which carries
     the architecture in its metadata); ``weights``: other weights for the same architecture. No recipe and
-    no pickle are needed; see :mod:`corecompress.export`.
+    no pickle are needed; see :mod:`corecompress.tools.export`.
     """
-    from corecompress.export import load_exported
+    from corecompress.tools.export import load_exported
 
     return load_exported(path, map_location=map_location, weights=weights)

@@ -1,4 +1,4 @@
 """``python -m corecompress`` (used by ``torchrun -m corecompress``)."""
-from corecompress.cli import main
+from corecompress.tools.cli import main
 
 raise SystemExit(main())

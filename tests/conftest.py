@@ -22,7 +22,7 @@ def repo() -> Path:
 @pytest.fixture
 def cli(capsys):  # noqa: ANN001, ANN201
     """Run ``corecompress ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    from corecompress.cli import main
+    from corecompress.tools.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         with warnings.catch_warnings():

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corecompress.errors import RecipeError
-from corecompress.options import parse_options
+from corecompress.config.options import parse_options
 from corecompress_adadistill.centres import adaptive_update, occurrence_rank
 from corecompress_adadistill.loss import AdaDistill, AdaDistillOptions
-from corecompress_face.heads.margin import margin_logits
-from corecompress_face.losses import LossConfigError
+from corecompress_facekit.heads.margin import margin_logits
+from corecompress_facekit.losses import LossConfigError
 
 
 def make_ctx(num_classes: int = 3, student_size: int = 4, teacher_size: int | None = None, seed: int = 0):
@@ -237,7 +237,7 @@ def test_centres_seeded_init_and_checkpoint_round_trip(tmp_path: Path) -> None:
     c.load_state_dict(a.state_dict())
     assert torch.equal(c.centres, a.centres)
 
-    from corecompress.checkpoint import load_checkpoint_tensors, save_checkpoint
+    from corecompress.engine.checkpoint import load_checkpoint_tensors, save_checkpoint
 
     path = save_checkpoint(tmp_path, "step1", model=torch.nn.Linear(2, 2), objective=a, optimizer=None, info={})
     assert torch.equal(load_checkpoint_tensors(path, "objective")["centres"], a.centres)
@@ -279,7 +279,7 @@ def test_missing_teacher_outputs_is_a_clear_error() -> None:
 
 def test_registered_through_the_plugin() -> None:
     import corecompress_adadistill
-    from corecompress.plugins import load_plugins
+    from corecompress.plugin.loading import load_plugins
 
     registry = load_plugins(autoload=False, extra=[("adadistill_test", corecompress_adadistill)]).registry
     component = registry.get("loss", "adadistill")

@@ -1,4 +1,4 @@
-"""Baseline importances (plugins/corecompress_baselines): taylor, nvit, vit_slim, and their scoring loss."""
+"""Baseline importances (plugins/corecompress_prune_baselines): taylor, nvit, vit_slim, and their scoring loss."""
 from __future__ import annotations
 
 import copy
@@ -10,17 +10,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from corecompress.errors import UserError
-from corecompress.plugins import load_plugins
+from corecompress.plugin.loading import load_plugins
 from corecompress.pruning.groups import PrunableGroup, Slice
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.plan import make_plan
 from corecompress.testing.contracts import check_importance, fake_context
 from corecompress.testing.models import TinyCNN, TinyViT
 
-from corecompress_baselines.nvit import NViTImportance, NViTOptions
-from corecompress_baselines.objective import make_objective
-from corecompress_baselines.taylor import TaylorImportance, TaylorOptions
-from corecompress_baselines.vit_slim import ViTSlimImportance, ViTSlimOptions, attach_gates, detach_gates
+from corecompress_prune_baselines.nvit import NViTImportance, NViTOptions
+from corecompress_prune_baselines.objective import make_objective
+from corecompress_prune_baselines.taylor import TaylorImportance, TaylorOptions
+from corecompress_prune_baselines.vit_slim import ViTSlimImportance, ViTSlimOptions, attach_gates, detach_gates
 
 REGISTRY = load_plugins().registry
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corecompress_face.losses import LossConfigError
-from corecompress_kd_baselines.header import class_mean_header
-from corecompress_kd_baselines.header_distill import ArcDistillOptions, HeaderDistill
-from corecompress_kd_baselines.hinton import HintonKD, HintonKDOptions
+from corecompress_facekit.losses import LossConfigError
+from corecompress_distill_baselines.header import class_mean_header
+from corecompress_distill_baselines.header_distill import ArcDistillOptions, HeaderDistill
+from corecompress_distill_baselines.hinton import HintonKD, HintonKDOptions
 
 LABELS = [0, 1, 2, 0, 1, 2, 0, 2, 2, 1]                     # 3 classes, unequal counts (3, 3, 4)
 

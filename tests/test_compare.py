@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corecompress.compare import cell_id
-from corecompress.compare_report import format_mean_std
+from corecompress.tools.compare import cell_id
+from corecompress.tools.compare_report import format_mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def _tiny_recipe(path: Path, matrix: dict, seeds: list[int] | None = None, **cha
 
 
 def _main(*args) -> tuple[int, str, str]:
-    from corecompress.cli import main
+    from corecompress.tools.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from corecompress.plugins import load_plugins
+from corecompress.plugin.loading import load_plugins
 from corecompress.testing import contracts
 
 REGISTRY = load_plugins().registry
@@ -17,7 +17,7 @@ def test_component_contract(component):
 
 def test_contract_check_catches_a_broken_applier():
     """The applier contract fails for an applier that forgets to remove anything consistently."""
-    from corecompress.registry import Component
+    from corecompress.plugin.registry import Component
 
     class Wrong:
         def apply(self, model, groups, plan, context):
@@ -29,7 +29,7 @@ def test_contract_check_catches_a_broken_applier():
 
 
 def test_contract_check_catches_an_impure_schedule():
-    from corecompress.registry import Component
+    from corecompress.plugin.registry import Component
 
     class Drifting:
         calls = 0

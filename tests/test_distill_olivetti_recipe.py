@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from corecompress.plugins import load_plugins
-from corecompress.recipe import validate_recipe
+from corecompress.plugin.loading import load_plugins
+from corecompress.config.recipe import validate_recipe
 from tests_shared import SHARED_DATA, shared_file
 
 REPO = Path(__file__).resolve().parents[1]

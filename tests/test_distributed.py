@@ -25,8 +25,8 @@ import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file
 
-from corecompress import distributed
-from corecompress.training import EpochBatchSampler, flip_half
+from corecompress.engine import distributed
+from corecompress.engine.training import EpochBatchSampler, flip_half
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -71,7 +71,7 @@ DRIVER = textwrap.dedent("""
         runpy.run_module("corecompress", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         codes["margin"] = exc.code
-    from corecompress.cli import main
+    from corecompress.tools.cli import main
 
     if dist.get_rank() == 0:  # the MARGIN run as if killed after retrain step 4; a directory in use
         written = sorted(p.name for p in work.iterdir())
@@ -125,7 +125,7 @@ def launched(tmp_path_factory):
 
 def run_in_one_process(work: Path, recipes: dict[str, dict]) -> None:
     """Run each recipe in this process into ``work/<name>``, its trained state dumped to ``work/dump_<name>``."""
-    from corecompress.cli import main
+    from corecompress.tools.cli import main
 
     old = os.environ.pop(distributed.ENV_DUMP_DIR, None)
     try:
@@ -310,10 +310,10 @@ def test_only_run_is_distributed(monkeypatch, cli, tmp_path):
 
 
 def test_rank_zero_errors_are_rebuilt_with_their_class_or_category():
-    from corecompress.checkpoint import CheckpointWriteError
+    from corecompress.engine.checkpoint import CheckpointWriteError
     from corecompress.errors import RecipeError
-    from corecompress.runner import RunAlreadyComplete
-    from corecompress.training import TrainingInterrupted
+    from corecompress.engine.runner import RunAlreadyComplete
+    from corecompress.engine.training import TrainingInterrupted
 
     def again(exc: BaseException) -> BaseException:
         return distributed.rebuild_error(distributed.describe_error(exc))

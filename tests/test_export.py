@@ -13,7 +13,7 @@ import yaml
 
 import corecompress
 from corecompress.errors import UserError
-from corecompress.export import export_run
+from corecompress.tools.export import export_run
 from corecompress.pruning.physical import GatheredLinear
 from corecompress.pruning.plan import make_plan
 
@@ -27,14 +27,14 @@ ADAPTERS = [
 
 @pytest.fixture(scope="module")
 def plugins():
-    from corecompress.plugins import load_plugins
+    from corecompress.plugin.loading import load_plugins
 
     return load_plugins()
 
 
 def pruned(plugins, model: dict, targets: list[str], apply: str, seed: int = 0):
     """(ctx-like object, pruned model) as the runner leaves them before its export stage."""
-    from corecompress.recipe import validate_recipe
+    from corecompress.config.recipe import validate_recipe
 
     recipe = validate_recipe({"version": 1, "model": model, "data": "synthetic_prototypes",
                               "prune": {"targets": targets, "apply": apply, "sparsity": 0.5}}, plugins.registry)
@@ -96,7 +96,7 @@ def test_load_refuses_what_is_not_an_export(tmp_path):
 def test_onnx_of_physically_pruned_face_models_matches_pytorch(plugins, tmp_path, model, targets):
     pytest.importorskip("onnx", reason="the optional 'onnx' extra (onnx) is not installed")
     pytest.importorskip("onnxruntime", reason="the optional 'onnx' extra (onnxruntime) is not installed")
-    from corecompress.onnx_export import export_onnx, onnx_relative_error
+    from corecompress.tools.onnx_export import export_onnx, onnx_relative_error
 
     ctx, spec = pruned(plugins, model, targets, "physical")
     if model["name"] == "swinface":
@@ -159,7 +159,7 @@ def _has_onnx() -> bool:
 def test_onnx_missing_extra_is_one_clear_line(monkeypatch, tmp_path):
     import builtins
 
-    from corecompress.onnx_export import export_onnx
+    from corecompress.tools.onnx_export import export_onnx
 
     real_import = builtins.__import__
 

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from corecompress import measure
-from corecompress.plugins import load_plugins
+from corecompress.tools import measure
+from corecompress.plugin.loading import load_plugins
 from corecompress.pruning import make_plan
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.physical import apply_physical

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from corecompress.plugins import load_plugins
-from corecompress.recipe import validate_recipe
+from corecompress.plugin.loading import load_plugins
+from corecompress.config.recipe import validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = load_plugins().registry

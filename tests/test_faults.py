@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
-import corecompress.checkpoint as checkpoint
-from corecompress.checkpoint import verify_checkpoint
-from corecompress.hookspecs import hookimpl
+import corecompress.engine.checkpoint as checkpoint
+from corecompress.engine.checkpoint import verify_checkpoint
+from corecompress import hookimpl
 from tests_shared import run_until_checkpoint
 
 RECIPE = {
@@ -74,7 +74,7 @@ def write_recipe(tmp_path: Path, data: dict) -> Path:
 @pytest.fixture
 def with_nan_plugin(monkeypatch):
     """Make the CLI load the test's NaN loss as an in-process plugin."""
-    import corecompress.plugins as plugins
+    import corecompress.plugin.loading as plugins
 
     load = plugins.load_plugins
     monkeypatch.setattr(plugins, "load_plugins",

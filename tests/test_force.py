@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from corecompress.errors import UserError
-from corecompress.rundir import RUN_ENTRIES, RUN_MARKERS, Replacement, check_replaceable
+from corecompress.engine.rundir import RUN_ENTRIES, RUN_MARKERS, Replacement, check_replaceable
 
 TINY = {"version": 1, "name": "tiny", "threads": 1, "model": "tiny_vit",
         "data": {"name": "synthetic_prototypes", "train_per_class": 4, "test_per_class": 4},

@@ -61,13 +61,13 @@ CHEAP_VALUES = st.recursive(CHEAP_SCALARS, lambda inner: st.one_of(st.lists(inne
 def recipe_keys() -> list[str]:
     import dataclasses
 
-    from corecompress.recipe import PruneSection, Recipe, TrainSection
+    from corecompress.config.recipe import PruneSection, Recipe, TrainSection
 
     return sorted({f.name for cls in (Recipe, TrainSection, PruneSection) for f in dataclasses.fields(cls)})
 
 
 def component_names() -> list[str]:
-    from corecompress.plugins import load_plugins
+    from corecompress.plugin.loading import load_plugins
 
     registry = load_plugins().registry
     return sorted({name for kind in registry.components for name in registry.names(kind)})
@@ -361,7 +361,7 @@ def test_deep_nesting_is_refused(cli: Any, tmp_path: Path, depth: int) -> None:
 
 
 def test_oversized_file_is_refused(cli: Any, tmp_path: Path) -> None:
-    from corecompress.recipe import MAX_RECIPE_BYTES
+    from corecompress.config.recipe import MAX_RECIPE_BYTES
 
     path = tmp_path / "big.yaml"
     path.write_text(RECIPES["smoke"].read_text() + "#" * MAX_RECIPE_BYTES + "\n")
@@ -490,11 +490,11 @@ def _with(path: str, value: Any) -> dict:
 
 
 @pytest.mark.parametrize("recipe", [
-    _with("model.num_outputs", -1),                        # corecompress_core/models.py: TinyViTOptions
-    _with("data.test_per_class", -2),                      # corecompress_core/data.py: PrototypeOptions
-    _with("evaluate", [{"name": "efficiency", "repeats": 2}]),         # corecompress_core/evaluators.py
-    _with("evaluate", [{"name": "efficiency", "batch_sizes": [0]}]),   # corecompress_core/evaluators.py
-    _with("evaluate", [{"name": "efficiency", "threads": 0}]),         # corecompress_core/evaluators.py
+    _with("model.num_outputs", -1),                        # corecompress_builtin/models.py: TinyViTOptions
+    _with("data.test_per_class", -2),                      # corecompress_builtin/data.py: PrototypeOptions
+    _with("evaluate", [{"name": "efficiency", "repeats": 2}]),         # corecompress_builtin/evaluators.py
+    _with("evaluate", [{"name": "efficiency", "batch_sizes": [0]}]),   # corecompress_builtin/evaluators.py
+    _with("evaluate", [{"name": "efficiency", "threads": 0}]),         # corecompress_builtin/evaluators.py
 ], ids=["tiny_vit-num_outputs", "prototypes-test_per_class", "efficiency-repeats", "efficiency-batch_sizes",
         "efficiency-threads"])
 def test_option_validated_before_running(cli: Any, tmp_path: Path, recipe: dict) -> None:

@@ -39,7 +39,7 @@ def test_cubic_ramp_and_round_steps():
 
 
 def test_plan_from_masks_recovers_the_plan():
-    from corecompress_core.models import TinyViTAdapter, TinyViTOptions
+    from corecompress_builtin.models import TinyViTAdapter, TinyViTOptions
 
     adapter = TinyViTAdapter(TinyViTOptions())
     model = adapter.build()

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from corecompress.errors import RecipeError
-from corecompress.options import parse_options
-from corecompress_face.heads.margin import CombinedMarginHead
-from corecompress_face.losses import LossConfigError
-from corecompress_kd_baselines.embedding_cosine import EmbeddingCosine, EmbeddingCosineOptions
-from corecompress_kd_baselines.feature_mse import FeatureMSE, FeatureMSEOptions
-from corecompress_kd_baselines.header_distill import ArcDistillOptions, CosDistillOptions, HeaderDistill
-from corecompress_kd_baselines.hinton import HintonKD, HintonKDOptions
+from corecompress.config.options import parse_options
+from corecompress_facekit.heads.margin import CombinedMarginHead
+from corecompress_facekit.losses import LossConfigError
+from corecompress_distill_baselines.embedding_cosine import EmbeddingCosine, EmbeddingCosineOptions
+from corecompress_distill_baselines.feature_mse import FeatureMSE, FeatureMSEOptions
+from corecompress_distill_baselines.header_distill import ArcDistillOptions, CosDistillOptions, HeaderDistill
+from corecompress_distill_baselines.hinton import HintonKD, HintonKDOptions
 
 HEADER = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-0.6, 0.8]])          # K = 3 classes × E = 2
 
@@ -188,10 +188,10 @@ def test_projector_maps_student_to_teacher_size(make) -> None:
 
 
 def test_registered_through_the_plugin(tmp_path: Path) -> None:
-    import corecompress_kd_baselines
-    from corecompress.plugins import load_plugins
+    import corecompress_distill_baselines
+    from corecompress.plugin.loading import load_plugins
 
-    registry = load_plugins(autoload=False, extra=[("kd_test", corecompress_kd_baselines)]).registry
+    registry = load_plugins(autoload=False, extra=[("kd_test", corecompress_distill_baselines)]).registry
     assert {"feature_mse", "arcdistill", "cosdistill", "hinton_kd", "embedding_cosine"} <= set(registry.names("loss"))
     cos = registry.get("loss", "cosdistill")
     loss = cos.create(cos.parse({"header": header_file(tmp_path)}, "train.objective"))

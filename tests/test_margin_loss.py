@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from corecompress.errors import RecipeError, UserError
-from corecompress.hookspecs import hookimpl
-from corecompress.options import parse_options
-from corecompress.plugins import load_plugins
-from corecompress_face.heads.margin import CombinedMarginHead
-from corecompress_face.losses import (
+from corecompress import hookimpl
+from corecompress.config.options import parse_options
+from corecompress.plugin.loading import load_plugins
+from corecompress_facekit.heads.margin import CombinedMarginHead
+from corecompress_facekit.losses import (
     HeaderFileError, MarginObjective, MarginObjectiveOptions, as_embedding, register_losses, student_embedding_size,
 )
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from corecompress.measure import (
+from corecompress.tools.measure import (
     compare_throughput,
     count_macs,
     count_nonzero_parameters,

@@ -9,7 +9,7 @@ used the global norm), writes the full head to header.safetensors and to checkpo
 AdamW moments), resumes bitwise exactly, and stays as close to the single-process run as the
 replicated head does (which fails if the model's or the head's gradient were mis-scaled).
 In one process: ``sharded: true`` is the ordinary head bit for bit; the helpers of
-:mod:`corecompress.row_shards` slice checkpointed state by hand-made shards.
+:mod:`corecompress.engine.row_shards` slice checkpointed state by hand-made shards.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from corecompress import row_shards
-from corecompress_face.heads.margin import CombinedMarginHead
-from corecompress_face.heads.partial_fc import ShardedMarginHead, sharded_margin_loss
-from corecompress_face.losses import MarginObjective, MarginObjectiveOptions
+from corecompress.engine import row_shards
+from corecompress_facekit.heads.margin import CombinedMarginHead
+from corecompress_facekit.heads.partial_fc import ShardedMarginHead, sharded_margin_loss
+from corecompress_facekit.losses import MarginObjective, MarginObjectiveOptions
 from test_distributed import (  # noqa: F401
     assert_bitwise_equal, dumps, max_difference, pytestmark, run_in_one_process, torchrun, write_recipe,
 )
@@ -48,10 +48,10 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     import torch, torch.nn.functional as F
     import torch.distributed as dist
-    from corecompress import distributed
-    from corecompress.cli import main
-    from corecompress_face.heads.margin import CombinedMarginHead
-    from corecompress_face.heads.partial_fc import ShardedMarginHead
+    from corecompress.engine import distributed
+    from corecompress.tools.cli import main
+    from corecompress_facekit.heads.margin import CombinedMarginHead
+    from corecompress_facekit.heads.partial_fc import ShardedMarginHead
 
     work = Path(sys.argv[1])
     torch.set_num_threads(1)
@@ -80,9 +80,9 @@ DRIVER = textwrap.dedent("""
         }
     # the loop's convention: rank r backpropagates loss·share_r and DDP averages the model's gradients
     from types import SimpleNamespace
-    from corecompress import row_shards
-    from corecompress.training import StudentWithObjective
-    from corecompress_face.losses import MarginObjective, MarginObjectiveOptions
+    from corecompress.engine import row_shards
+    from corecompress.engine.training import StudentWithObjective
+    from corecompress_facekit.losses import MarginObjective, MarginObjectiveOptions
     gen = torch.Generator().manual_seed(11)
     x, labels = torch.randn(7, 5, generator=gen), torch.tensor([0, 10, 5, 6, 5, 2, 9])
     ctx = SimpleNamespace(data=SimpleNamespace(num_classes=11), model_spec=SimpleNamespace(embedding_size=8),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from corecompress.errors import PluginError
-from corecompress.plugins import PluginWarning, load_plugins
+from corecompress.plugin.loading import PluginWarning, load_plugins
 
 
 def fake_distribution(root: Path, dist: str, plugins: dict[str, str]) -> None:
@@ -29,7 +29,7 @@ def fake_distribution(root: Path, dist: str, plugins: dict[str, str]) -> None:
 
 
 GOOD = """
-from corecompress.hookspecs import hookimpl
+from corecompress import hookimpl
 from dataclasses import dataclass
 import torch
 
@@ -62,11 +62,11 @@ def site(tmp_path, monkeypatch):
 
 def test_builtins_load_through_entry_points():
     loaded = load_plugins()
-    assert loaded.plugins["core"].distribution == "corecompress"
+    assert loaded.plugins["builtin"].distribution == "corecompress"
     reg = loaded.registry
     assert {"l1", "l2", "random"} <= set(reg.names("importance"))
     assert {"mask", "physical"} <= set(reg.names("applier"))
-    assert reg.get("importance", "l1").plugin == "core"
+    assert reg.get("importance", "l1").plugin == "builtin"
 
 
 def test_third_party_plugin_registers_component(site):
@@ -98,7 +98,7 @@ def test_broken_plugin_is_an_error_when_required_or_strict(site, monkeypatch):
 
 def test_plugin_failing_during_registration_is_isolated(site):
     source = """
-from corecompress.hookspecs import hookimpl
+from corecompress import hookimpl
 @hookimpl
 def register_schedules(register):
     register("half_registered", lambda: (lambda s, t: 1.0))
@@ -113,7 +113,7 @@ def register_importances(register):
 
 
 def test_unknown_hook_is_reported(site):
-    source = "from corecompress.hookspecs import hookimpl\n@hookimpl\ndef register_importancez(register):\n    pass\n"
+    source = "from corecompress.plugin.hookspecs import hookimpl\n@hookimpl\ndef register_importancez(register):\n    pass\n"
     fake_distribution(site, "thirdparty-typo", {"typo": source})
     with pytest.warns(PluginWarning, match="thirdparty-typo"):
         loaded = load_plugins()
@@ -122,7 +122,7 @@ def test_unknown_hook_is_reported(site):
 
 def test_duplicate_names_name_both_plugins(site):
     fake_distribution(site, "thirdparty-dup", {"dup": GOOD.replace("{name}", "l1")})
-    with pytest.raises(PluginError, match=r"importance 'l1' is registered twice: by plugin 'core'.*plugin 'dup'"):
+    with pytest.raises(PluginError, match=r"importance 'l1' is registered twice: by plugin 'builtin'.*plugin 'dup'"):
         load_plugins()
 
 
@@ -142,7 +142,7 @@ def test_disable_autoload_loads_only_named(site, monkeypatch):
     monkeypatch.setenv("CORECOMPRESS_DISABLE_PLUGIN_AUTOLOAD", "1")
     loaded = load_plugins()
     assert loaded.registry.names("importance") == []
-    monkeypatch.setenv("CORECOMPRESS_PLUGINS", "core")
+    monkeypatch.setenv("CORECOMPRESS_PLUGINS", "builtin")
     assert "l1" in load_plugins().registry.names("importance")
     assert "my_importance" in load_plugins(require=["good"]).registry.names("importance")
 
@@ -151,11 +151,11 @@ def test_plugins_command_lists_components(cli):
     code, out, _err = cli("plugins", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    core = rows["core"]
+    core = rows["builtin"]
     assert core["distribution"] == "corecompress" and core["version"]
     assert {"kind": "importance", "name": "l1"} in core["components"]
     code, out, _err = cli("plugins")
-    assert "importance/l1" in out and "core  (corecompress" in out
+    assert "importance/l1" in out and "builtin  (corecompress" in out
 
 
 def test_options_command(cli):
@@ -166,3 +166,18 @@ def test_options_command(cli):
     assert code == 2 and "unknown importance 'l3'" in err
     code, _out, err = cli("options", "importanse", "l1")
     assert code == 2 and "did you mean 'importance'" in err
+
+
+@pytest.mark.parametrize("old, new", [("face", "facekit"), ("faces", "faces_pruner"), ("core", "builtin"),
+                                      ("baselines", "prune_baselines"), ("kd_baselines", "distill_baselines")])
+def test_an_old_plugin_name_is_one_line_naming_the_new_one(cli, tmp_path, monkeypatch, old, new):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\nname: r\nmodel: tiny_vit\ndata: synthetic_prototypes\nrequire: [{old}]\n")
+    code, _out, err = cli("validate", recipe)
+    assert code == 2 and err.strip() == f"error: require: plugin '{old}' is now called '{new}'; use that name"
+    recipe.write_text(f"version: 1\nname: r\nmodel: tiny_vit\ndata: synthetic_prototypes\nplugins: {{block: [{old}]}}\n")
+    code, _out, err = cli("validate", recipe)
+    assert code == 2 and f"'{old}' is now called '{new}'" in err
+    monkeypatch.setenv("CORECOMPRESS_BLOCK_PLUGINS", old)
+    with pytest.raises(PluginError, match=f"CORECOMPRESS_BLOCK_PLUGINS: plugin '{old}' is now called '{new}'"):
+        load_plugins()

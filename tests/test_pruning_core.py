@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from corecompress import measure
+from corecompress.tools import measure
 from corecompress.pruning import PruningPlan, make_plan
 from corecompress.pruning.groups import check_groups
 from corecompress.pruning.masking import apply_masks
@@ -128,7 +128,7 @@ def test_plan_json_roundtrip_and_validation(tmp_path):
 
 
 def test_masks_stay_zero_through_training():
-    from corecompress_core.appliers import MaskApplier, reapply_masks
+    from corecompress_builtin.appliers import MaskApplier, reapply_masks
 
     torch.manual_seed(0)
     model = TinyViT()

@@ -94,8 +94,8 @@ def test_valid_recipe_validates(cli, tmp_path):
 
 
 def test_yaml_floats_without_dot_are_numbers(cli, tmp_path):
-    from corecompress.plugins import load_plugins
-    from corecompress.recipe import validate_recipe
+    from corecompress.plugin.loading import load_plugins
+    from corecompress.config.recipe import validate_recipe
 
     recipe = copy.deepcopy(BASE)
     recipe["retrain"]["lr"] = "1e-3"  # what YAML 1.1 makes of `lr: 1e-3`

@@ -14,9 +14,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from corecompress.checkpoint import CheckpointWarning
+from corecompress.engine.checkpoint import CheckpointWarning
 from tests_shared import run_until_checkpoint
-from corecompress.hookspecs import hookimpl
+from corecompress import hookimpl
 
 RECIPE = {
     "version": 1, "name": "resume", "seed": 3, "threads": 1, "deterministic": True,
@@ -50,7 +50,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run of RECIPE."""
-    from corecompress.cli import main
+    from corecompress.tools.cli import main
 
     tmp = tmp_path_factory.mktemp("reference")
     out = tmp / "run"
@@ -109,7 +109,7 @@ class DropoutModels:
 
     @hookimpl
     def register_models(self, register):
-        from corecompress_core.models import TinyViTAdapter, TinyViTOptions
+        from corecompress_builtin.models import TinyViTAdapter, TinyViTOptions
 
         class DropoutViT(TinyViTAdapter):
             def build(self):
@@ -122,7 +122,7 @@ class DropoutModels:
 
 @pytest.fixture(scope="module")
 def plugins():
-    from corecompress.plugins import load_plugins
+    from corecompress.plugin.loading import load_plugins
 
     crash = CrashAt()
     loaded = load_plugins(extra=[("crash_at", crash), ("dropout_models", DropoutModels())])
@@ -130,8 +130,8 @@ def plugins():
 
 
 def run_in_process(plugins, data: dict, out: Path, crash: tuple[str, int] | None = None):
-    from corecompress.recipe import validate_recipe
-    from corecompress.runner import run_recipe
+    from corecompress.config.recipe import validate_recipe
+    from corecompress.engine.runner import run_recipe
 
     loaded, crasher = plugins
     crasher.phase, crasher.step = crash if crash else (None, 0)
@@ -142,7 +142,7 @@ def run_in_process(plugins, data: dict, out: Path, crash: tuple[str, int] | None
 
 
 def crash_and_resume(plugins, data: dict, tmp_path: Path, phase: str, step: int, damage=None) -> Path:
-    from corecompress.runner import resume_run
+    from corecompress.engine.runner import resume_run
 
     out = tmp_path / f"crashed-{phase}-{step}"
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -173,7 +173,7 @@ def test_crash_then_resume_physical_with_dropout(plugins, tmp_path, phase):
 
 def test_resume_restores_generators_not_just_weights(plugins, tmp_path, monkeypatch):
     """Guard for the test above: without the generator state, dropout draws differ and so do the weights."""
-    import corecompress.training as training
+    import corecompress.engine.training as training
 
     data = copy.deepcopy(RECIPE)
     data["model"]["name"] = "tiny_vit_dropout"
@@ -271,7 +271,7 @@ def test_resume_errors_are_one_line(cli, tmp_path):
 
 
 def test_resume_refuses_a_run_directory_in_use(cli, tmp_path, reference):
-    from corecompress.rundir import RunLock
+    from corecompress.engine.rundir import RunLock
 
     with RunLock(reference):  # as a still-running process holds it
         code, _out, err = cli("run", "--resume", reference)

@@ -33,7 +33,7 @@ def test_smoke_run_writes_every_artefact_and_reloads(cli, repo, tmp_path):
     assert resolved["prune"]["importance"] == {"name": "l1", "normalize": "none"}  # defaults filled in
     assert resolved["retrain"]["lr_schedule"]["name"] == "cosine"
     versions = json.loads((out / "versions.json").read_text())
-    assert versions["torch"] == torch.__version__ and "core" in versions["plugins"]
+    assert versions["torch"] == torch.__version__ and "builtin" in versions["plugins"]
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["after"]["efficiency/params"] < metrics["before"]["efficiency/params"]

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import corecompress
-from corecompress.checkpoint import CheckpointWarning
+from corecompress.engine.checkpoint import CheckpointWarning
 from corecompress.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,9 +67,9 @@ def test_recipe_weights_pickle_is_refused(cli, tmp_path):
 
 
 def test_corecompress_load_refuses_pickles(tmp_path):
-    from corecompress.export import export_run, load_exported
-    from corecompress.plugins import load_plugins
-    from corecompress.recipe import validate_recipe
+    from corecompress.tools.export import export_run, load_exported
+    from corecompress.plugin.loading import load_plugins
+    from corecompress.config.recipe import validate_recipe
 
     recipe = validate_recipe({"version": 1, "model": "tiny_vit", "data": "synthetic_prototypes"},
                              load_plugins().registry)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from corecompress.hookspecs import hookimpl
-from corecompress.plugins import load_plugins
-from corecompress_face.targets import (
+from corecompress import hookimpl
+from corecompress.plugin.loading import load_plugins
+from corecompress_facekit.targets import (
     CacheFileError, CacheUnsafeError, TeacherCache, TeacherCacheOptions, cache_key, register_targets,
 )
 

@@ -1,4 +1,4 @@
-"""The optional Torch-Pruning reference (corecompress_baselines.torch_pruning_reference).
+"""The optional Torch-Pruning reference (corecompress_prune_baselines.torch_pruning_reference).
 
 Tests that need the library skip when ``torch_pruning`` is not installed; the missing-library error is
 tested either way.
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from corecompress.errors import UserError
-from corecompress.plugins import load_plugins
+from corecompress.plugin.loading import load_plugins
 from corecompress.testing.contracts import check_importance, fake_context
 from corecompress.testing.models import TinyCNN, TinyViT
 
-from corecompress_baselines.torch_pruning_reference import (TPMagnitudeImportance, TPMagnitudeOptions,
+from corecompress_prune_baselines.torch_pruning_reference import (TPMagnitudeImportance, TPMagnitudeOptions,
                                                             torch_pruning_prune)
 
 

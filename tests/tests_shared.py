@@ -24,8 +24,8 @@ def shared_file(relative: str) -> Path:
 # optimizer step, so a test can see a checkpoint appear and interrupt the child mid-training.
 SLOW_CLI = """
 import sys, time
-import corecompress.plugins as plugins
-from corecompress.hookspecs import hookimpl
+import corecompress.plugin.loading as plugins
+from corecompress import hookimpl
 
 class SlowSteps:
     @hookimpl
@@ -37,7 +37,7 @@ def load_plugins(**kwargs):
     kwargs["extra"] = list(kwargs.get("extra", ())) + [("slow_steps", SlowSteps())]
     return _load(**kwargs)
 plugins.load_plugins = load_plugins
-from corecompress.cli import main
+from corecompress.tools.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 

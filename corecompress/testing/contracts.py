@@ -18,7 +18,7 @@ from corecompress.pruning.groups import check_groups
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.physical import apply_physical
 from corecompress.pruning.plan import make_plan
-from corecompress.registry import Component
+from corecompress.plugin.registry import Component
 from corecompress.testing.data import synthetic_batches
 from corecompress.testing.models import TinyCNN, TinyViT
 

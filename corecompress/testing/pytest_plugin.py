@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture
 def corecompress_registry() -> Any:
     """The registry of every installed plugin (what ``corecompress plugins`` shows)."""
-    from corecompress.plugins import load_plugins
+    from corecompress.plugin.loading import load_plugins
 
     return load_plugins().registry
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corecompress.hookspecs import hookimpl
+from corecompress import hookimpl
 
 
 @hookimpl

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from corecompress_adadistill.centres import adaptive_update, gather_from_ranks
-from corecompress_face.heads.margin import margin_logits
-from corecompress_face.losses import (
+from corecompress_facekit.heads.margin import margin_logits
+from corecompress_facekit.losses import (
     DISTILL_DEFAULT_M, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters, seeded_generator,
     student_embedding_size,
 )
-from corecompress_kd_baselines.projector import (
+from corecompress_distill_baselines.projector import (
     check_width, make_projector, project, teacher_embedding, teacher_embedding_size,
 )
 

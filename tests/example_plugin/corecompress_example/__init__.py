@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from corecompress.hookspecs import hookimpl
+from corecompress import hookimpl
 
 
 @dataclass

@@ -1,0 +1,384 @@
+"""YAML recipes: read with ``safe_load``, validated against typed sections and component options.
+
+A recipe never executes code: it is data naming registered components. Validation reports the
+first problem as one line ``key.path: message`` (with a close match for unknown names and keys).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from corecompress.errors import RecipeError, UserError
+from corecompress.config.options import check_range, join_path, options_to_dict, parse_options, printable, short_repr, shown
+from corecompress.pruning.gradual import round_steps
+from corecompress.plugin.registry import Registry
+
+RECIPE_VERSION = 1
+MAX_MATRIX_CELLS = 1000
+#: Guards of :func:`read_recipe`: a recipe is a small hand-written file. Aliases are counted as if
+#: expanded, so a "billion laughs" alias bomb is refused before anything copies or prints it.
+MAX_RECIPE_BYTES = 4 * 1024 * 1024
+MAX_RECIPE_NODES = 200_000
+MAX_RECIPE_DEPTH = 64
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+
+
+@dataclass
+class Choice:
+    """A component chosen by name, with its validated options (filled in by :func:`validate_recipe`)."""
+
+    name: str
+    raw: dict[str, Any] = field(default_factory=dict)
+    options: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **(options_to_dict(self.options) or {})}
+
+
+def choice(kind: str, default: str | None = None, help: str = "") -> Any:  # noqa: A002
+    """A dataclass field holding a component of ``kind`` (a name, or a mapping with ``name``)."""
+    meta = {"component": kind, "help": help}
+    if default is None:
+        return field(default=None, metadata=meta)
+    return field(default_factory=lambda: Choice(default), metadata=meta)
+
+
+def _parse_choice(value: Any, path: str) -> Choice:
+    if isinstance(value, Choice):
+        return value
+    if isinstance(value, str):
+        return Choice(value)
+    if isinstance(value, dict):
+        if "name" not in value:
+            raise RecipeError(join_path(path, "name"), "missing; say which component to use")
+        if not isinstance(value["name"], str):
+            raise RecipeError(join_path(path, "name"), f"expected a string, got {short_repr(value['name'])}")
+        return Choice(value["name"], dict(value))
+    raise RecipeError(path, f"expected a component name or a mapping with 'name', got {short_repr(value)}")
+
+
+@dataclass
+class PluginsSection:
+    block: list[str] = field(default_factory=list, metadata={"help": "plugins never to load"})
+    autoload: bool = field(default=True, metadata={"help": "load every installed plugin (else only required ones)"})
+    strict: bool = field(default=False, metadata={"help": "a broken plugin is an error instead of a warning"})
+
+
+@dataclass
+class TrainSection:
+    """A training phase (training before pruning, or retraining after it)."""
+
+    steps: int = field(metadata={"help": "optimizer steps"})
+    batch_size: int = 32
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    lr_schedule: Any = choice("schedule", "cosine", "learning-rate multiplier as a function of the step")
+    clip_grad_norm: float | None = field(default=5.0, metadata={"help": "max gradient norm; null = no clipping"})
+    objective: Any = choice("loss", "cross_entropy", "training objective / distillation loss")
+    target: Any = choice("target", None, "what the teacher provides to a distillation loss")
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    log_every: int = 20
+    num_workers: int = 0
+    augment: Literal["none", "flip"] = "flip"
+    nonfinite: Literal["stop", "skip"] = field(default="stop", metadata={"help": "on a NaN/inf loss"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError("steps: must be at least 1")
+        if not 1 <= self.batch_size <= 2**31 - 1:
+            raise ValueError("batch_size: must be in [1, 2^31)")
+        check_range("lr", self.lr, 0.0, 10.0)
+        check_range("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        check_range("momentum", self.momentum, 0.0, 1.0)
+        if self.clip_grad_norm is not None:
+            check_range("clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, high_open=True)
+        for name in ("eval_every", "checkpoint_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be at least 0")
+        if self.log_every < 1:
+            raise ValueError("log_every: must be at least 1")
+
+
+@dataclass
+class PruneSection:
+    importance: Any = choice("importance", "l1", "how units are scored")
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of units REMOVED, relative to the original model"})
+    targets: list[str] = field(default_factory=lambda: ["channels"],
+                               metadata={"help": "group kinds to prune (channels, heads, neurons, filters)"})
+    scope: Literal["local", "global"] = "local"
+    min_keep_fraction: float = field(default=0.1, metadata={"help": "per-group floor for global scope"})
+    apply: Any = choice("applier", "physical", "mask (soft, same size) or physical (really smaller)")
+    calibration_batches: int = field(default=4, metadata={"help": "batches for data/gradient-based importances"})
+    plan: str | None = field(default=None, metadata={"help": "use this plan.json instead of scoring"})
+    rounds: int = field(default=1, metadata={
+        "help": "1 = one-shot (FACES); more = gradual pruning during retraining, soft masks between rounds"})
+    ramp: Literal["cubic", "linear"] = field(default="cubic", metadata={
+        "help": "how the sparsity of gradual rounds rises (cubic: Zhu & Gupta 2018)"})
+    ramp_fraction: float = field(default=0.5, metadata={
+        "help": "gradual: the last round prunes after this fraction of retrain.steps"})
+
+    def __post_init__(self) -> None:
+        check_range("sparsity", self.sparsity, 0.0, 1.0, high_open=True)
+        if not 1 <= self.rounds <= 10_000:
+            raise ValueError(f"rounds: must be in [1, 10000], got {self.rounds}")
+        if not 0.0 < self.ramp_fraction < 1.0:
+            raise ValueError(f"ramp_fraction: must be in (0, 1), got {self.ramp_fraction}")
+        if self.rounds > 1 and self.plan is not None:
+            raise ValueError("plan: a fixed plan cannot be reached gradually; drop plan or set rounds: 1")
+        check_range("min_keep_fraction", self.min_keep_fraction, 0.0, 1.0)
+        if not self.targets:
+            raise ValueError("targets: name at least one group kind")
+        if self.plan is not None and not Path(self.plan).is_file():
+            raise ValueError(f"plan: no such file: {self.plan}")
+
+
+@dataclass
+class TeacherSection:
+    model: Any = choice("model", None, "teacher architecture; omitted = the model as it is before pruning")
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights: no such file: {self.weights}")
+
+
+@dataclass
+class ExportSection:
+    formats: list[Literal["safetensors", "onnx"]] = field(default_factory=lambda: ["safetensors"])
+
+
+@dataclass
+class Recipe:
+    version: int
+    model: Any = choice("model", None, "the model to compress")
+    data: Any = choice("dataset", None, "training and evaluation data")
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    seeds: list[int] = field(default_factory=list)
+    matrix: dict[str, list[Any]] = field(default_factory=dict)
+    require: list[str] = field(default_factory=list)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
+    deterministic: bool = False
+    threads: int | None = None
+    weights: str | None = field(default=None, metadata={"help": "initial weights of the model"})
+    teacher: TeacherSection | None = None
+    train: TrainSection | None = None
+    evaluate: list[Any] = field(default_factory=list, metadata={"component": "evaluator"})
+    evaluate_before: bool = field(default=True, metadata={
+        "help": "evaluate the starting model too (off in sweeps whose dense model is measured once elsewhere)"})
+    prune: PruneSection | None = None
+    retrain: TrainSection | None = None
+    export: ExportSection | None = field(default_factory=ExportSection)
+    report: list[Any] = field(default_factory=lambda: [Choice("markdown")], metadata={"component": "reporter"})
+
+    def __post_init__(self) -> None:
+        if self.version != RECIPE_VERSION:
+            raise ValueError(f"version: unsupported recipe version {self.version}; this corecompress reads version {RECIPE_VERSION}")
+        if self.model is None:
+            raise ValueError("model: required; name a model component")
+        if self.data is None:
+            raise ValueError("data: required; name a dataset component")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights: no such file: {self.weights}")
+        if not self.name or any(c in self.name for c in "/\\") or not self.name.isprintable():
+            raise ValueError("name: must be a non-empty name without slashes or control characters")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed: must be in [0, 2^63), got {self.seed}")
+        if self.threads is not None and not 0 <= self.threads <= 4096:
+            raise ValueError(f"threads: must be in [0, 4096] (0 or null = torch's default), got {self.threads}")
+        if self.prune is not None and self.prune.rounds > 1:
+            if self.retrain is None:
+                raise ValueError("prune.rounds: gradual pruning happens during retraining; add a 'retrain:' section "
+                                 "or set rounds: 1")
+            try:
+                round_steps(self.prune.rounds, self.retrain.steps, self.prune.ramp_fraction)
+            except ValueError as exc:
+                raise ValueError(f"prune.rounds: {exc}") from None
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Load a recipe file with ``yaml.safe_load`` (tags that would call code are refused).
+
+    Guards: at most ``MAX_RECIPE_BYTES``; no recursive aliases; at most ``MAX_RECIPE_NODES`` values
+    with aliases expanded and ``MAX_RECIPE_DEPTH`` levels of nesting. Every failure is one line.
+    """
+    p = Path(path)
+    path = printable(str(path))  # as it appears in messages: a control character must not break the line
+    if not p.is_file():
+        raise UserError(f"{path}: no such recipe file")
+    size = p.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError("", f"{path}: {size} bytes is too large for a recipe (at most {MAX_RECIPE_BYTES})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError("", f"{path}: not valid YAML{where}: {shown(problem)}") from None
+    except UnicodeDecodeError:
+        raise RecipeError("", f"{path}: not a text file") from None
+    except RecursionError:
+        raise RecipeError("", f"{path}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)") from None
+    except (ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as exc:  # a scalar its tag cannot build, e.g. 2020-13-45
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RecipeError("", f"{path}: not valid YAML: a value cannot be read ({shown(detail)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    _check_size(data, path)
+    return data
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse recursive aliases and alias bombs: count values as if every alias were expanded."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (expanded values, nesting height)
+    active: set[int] = set()
+
+    def measure(node: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(node, (dict, list, tuple, set, frozenset)):
+            return 1, 0
+        key = id(node)
+        if key in active:
+            raise RecipeError("", f"{where}: a YAML alias refers to a value that contains it (recursive recipe)")
+        if key not in memo:
+            if depth >= MAX_RECIPE_DEPTH:
+                raise RecipeError("", f"{where}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)")
+            active.add(key)
+            children = [v for kv in node.items() for v in kv] if isinstance(node, dict) else list(node)
+            count, height = 1, 0
+            for child in children:
+                child_count, child_height = measure(child, depth + 1)
+                count, height = count + child_count, max(height, child_height + 1)
+                if count > MAX_RECIPE_NODES:
+                    raise RecipeError("", f"{where}: more than {MAX_RECIPE_NODES} values once YAML aliases are"
+                                          " expanded (an alias bomb?)")
+            active.discard(key)
+            memo[key] = (count, height)
+        count, height = memo[key]
+        if depth + height > MAX_RECIPE_DEPTH:
+            raise RecipeError("", f"{where}: nested too deeply (at most {MAX_RECIPE_DEPTH} levels)")
+        return count, height
+
+    measure(data, 0)
+
+
+def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
+    """Resolve every component field of a parsed section against the registry."""
+    for f in dataclasses.fields(cls):
+        kind = f.metadata.get("component")
+        value = getattr(obj, f.name)
+        fpath = join_path(path, f.name)
+        if kind and isinstance(value, list) and not _is_list_field(cls, f):
+            raise RecipeError(fpath, f"expected a component name or a mapping with 'name', got a list"
+                                     f" (only one {kind} goes here)")
+        if kind and isinstance(value, list):
+            resolved = []
+            for i, item in enumerate(value):
+                c = _parse_choice(item, join_path(fpath, i))
+                resolved.append(_resolve(c, kind, join_path(fpath, i), registry))
+            setattr(obj, f.name, resolved)
+        elif kind and value is not None:
+            setattr(obj, f.name, _resolve(_parse_choice(value, fpath), kind, fpath, registry))
+        elif dataclasses.is_dataclass(value):
+            _walk_choices(value, type(value), fpath, registry)
+
+
+def _is_list_field(cls: type, f: dataclasses.Field) -> bool:
+    """A field holding a list of components (``evaluate: list[Any]``) rather than one component."""
+    return typing.get_origin(typing.get_type_hints(cls).get(f.name)) is list
+
+
+def _resolve(c: Choice, kind: str, path: str, registry: Registry) -> Choice:
+    comp = registry.get(kind, c.name, join_path(path, "name") if c.raw else path)
+    c.options = comp.parse(c.raw, path)
+    return c
+
+
+def validate_recipe(data: dict[str, Any], registry: Registry, *, check_matrix: bool = True) -> Recipe:
+    """Parse and validate a recipe mapping; raise RecipeError on the first problem."""
+    raw = copy.deepcopy(data)
+    if "version" not in raw:
+        raise RecipeError("version", f"missing; add 'version: {RECIPE_VERSION}' at the top of the recipe")
+    recipe = parse_options(Recipe, raw, "")
+    _walk_choices(recipe, Recipe, "", registry)
+    if check_matrix:
+        if recipe.matrix:
+            for _label, cell in expand_matrix(raw):
+                validate_recipe(cell, registry, check_matrix=False)
+        for i, s in enumerate(recipe.seeds):
+            if not 0 <= s <= MAX_SEED:
+                raise RecipeError(f"seeds[{i}]", "seeds must be non-negative integers below 2^63")
+    return recipe
+
+
+def expand_matrix(raw: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """All cells of the recipe's ``matrix``: (assignments, recipe mapping without the matrix)."""
+    matrix = raw.get("matrix") or {}
+    if not isinstance(matrix, dict):
+        raise RecipeError("matrix", "expected a mapping of 'dotted.key: [values]'")
+    keys = list(matrix)
+    for key in keys:
+        values = matrix[key]
+        if not isinstance(values, list) or not values:
+            raise RecipeError(f"matrix.{shown(key)}", "expected a non-empty list of values")
+        if not isinstance(key, str) or not key or key.split(".")[0] in {"matrix", "seeds", "version"}:
+            raise RecipeError(f"matrix.{shown(key)}", "expected a dotted recipe key such as prune.sparsity")
+    cells = []
+    count = 1
+    for key in keys:
+        count *= len(matrix[key])
+    if count > MAX_MATRIX_CELLS:
+        raise RecipeError("matrix", f"{count} cells is more than {MAX_MATRIX_CELLS}; split the comparison")
+    for values in itertools.product(*(matrix[k] for k in keys)):
+        cell = copy.deepcopy({k: v for k, v in raw.items() if k != "matrix"})
+        assignment = dict(zip(keys, values))
+        for key, value in assignment.items():
+            _set_dotted(cell, key, value)
+        cells.append((assignment, cell))
+    return cells
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if isinstance(nxt, str) and i == len(parts) - 2 and parts[-1] == "name":
+            nxt = {"name": nxt}
+            node[part] = nxt
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"matrix.{shown(key)}", f"'{shown('.'.join(parts[:i + 1]))}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe with every default filled in (written to the run directory)."""
+
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, Choice):
+            return obj.to_dict()
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, (list, tuple)):
+            return [convert(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        return obj
+
+    return convert(recipe)

@@ -1,0 +1,48 @@
+"""The state of one run, handed to every stage, component and lifecycle hook."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corecompress.plugin.loading import LoadedPlugins
+from corecompress.config.recipe import Recipe
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    plugins: LoadedPlugins
+    out_dir: Path
+    log: logging.Logger
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    model_spec: Any = None          # the model adapter component
+    model: torch.nn.Module | None = None
+    teacher: torch.nn.Module | None = None
+    data: Any = None                # the dataset component
+    groups: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    plan: Any = None                # PruningPlan
+    masks: Any = None               # MaskSet while soft masks are active
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # free space for plugins
+
+    @property
+    def hook(self) -> Any:
+        return self.plugins.hook
+
+    @property
+    def registry(self) -> Any:
+        return self.plugins.registry
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.model_spec.input_size)
+
+    def create(self, kind: str, chosen: Any) -> Any:
+        """Instantiate a recipe :class:`~corecompress.config.recipe.Choice` of ``kind``."""
+        return self.registry.get(kind, chosen.name).create(chosen.options)

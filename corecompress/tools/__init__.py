@@ -1,0 +1,1 @@
+"""What users call: the ``corecompress`` command, comparisons, export and loading, measurement."""

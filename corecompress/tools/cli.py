@@ -1,0 +1,255 @@
+"""The ``corecompress`` command.
+
+Exit codes: 0 success; 2 a user mistake (one line ``error: ...``); 1 a failure that is not the
+user's input — an operating-system error such as a full disk (checkpoints already written stay
+usable), or an ONNX file that does not match PyTorch (one line ``error: ...``);
+130 interrupted by Ctrl-C (training writes a checkpoint first; ``run --resume DIR`` continues).
+
+``torchrun --nproc_per_node=N -m corecompress run RECIPE`` runs data-parallel (docs/distributed.md):
+``run`` joins the process group first; rank 0 prints the results; a failure on rank 0 is printed by
+rank 0 alone, a failure of another rank with a ``[rank r]`` prefix. Every rank exits with the codes
+above; torchrun itself then exits with 1 when any rank failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from corecompress import __version__
+from corecompress.config.loading import load_for_recipe
+from corecompress.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+ONNX_TOLERANCE = 1e-4
+
+
+def _one_line_warnings() -> None:
+    def fmt(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = fmt  # type: ignore[assignment]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from corecompress.engine import distributed
+    from corecompress.engine.rundir import default_run_dir
+    from corecompress.engine.runner import RunAlreadyComplete, resume_run, run_recipe
+
+    distributed.init_from_env()  # under torchrun: join the process group (validation below runs on every rank)
+    main = distributed.is_main()
+    if args.resume:
+        if args.recipe or args.out or args.force:
+            raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
+        out = Path(args.resume)
+        try:
+            ctx = _interruptible(lambda: resume_run(out, strict=args.strict), out)
+        except RunAlreadyComplete as exc:
+            if main:
+                print(f"note: {exc}")
+            return 0
+    else:
+        if not args.recipe:
+            raise UserError("run: name a recipe file, or --resume RUN_DIR")
+        raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
+        if (recipe.matrix or recipe.seeds) and main:
+            print("note: this recipe has a matrix/seeds; 'run' executes the base recipe once"
+                  " ('corecompress compare' runs every cell)", file=sys.stderr)
+        # the default name has the time in it: rank 0's is the one every rank uses
+        out = distributed.broadcast_object(Path(args.out) if args.out else default_run_dir("runs", recipe.name))
+        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw), out)
+    if main:
+        print(f"run complete: {ctx.out_dir}")
+        print(f"report: {ctx.out_dir / 'report.md'}")
+    return 0
+
+
+def _interruptible(call: Any, out: Path) -> Any:
+    try:
+        return call()
+    except KeyboardInterrupt as exc:
+        if _rank() == 0:
+            detail = f" ({exc})" if str(exc) else ""
+            resume = "torchrun ... -m corecompress" if _launched_distributed() else "corecompress"
+            print(f"interrupted{detail}; continue with: {resume} run --resume {out}", file=sys.stderr)
+        raise _Interrupted() from None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, already reported."""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from corecompress.tools.export import export_model
+
+    path, error = export_model(args.run_dir, args.format, args.out)
+    print(f"exported: {path}")
+    if args.format == "onnx":
+        if error is None:
+            print("onnx check: not run (onnxruntime is not installed)")
+        else:
+            print(f"onnx check: max relative error {error:.2e} against PyTorch (onnxruntime)")
+            if error > ONNX_TOLERANCE:  # not the user's mistake: an operator was not exported faithfully
+                print(f"error: {path}: the ONNX model differs from PyTorch (relative error {error:.2e} > "
+                      f"{ONNX_TOLERANCE:g})", file=sys.stderr)
+                return EXIT_FAILURE
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from corecompress.config.recipe import expand_matrix
+
+    raw, _plugins, recipe = load_for_recipe(args.recipe, args.strict)
+    cells = len(expand_matrix(raw)) if recipe.matrix else 1
+    runs = cells * max(1, len(recipe.seeds))
+    print(f"{args.recipe}: valid (recipe '{recipe.name}', {cells} matrix cell(s), {runs} run(s))")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from corecompress.plugin.loading import load_plugins
+
+    loaded = load_plugins()
+    by_plugin = loaded.registry.by_plugin()
+    rows = []
+    for name, info in sorted(loaded.plugins.items()):
+        comps = [{"kind": c.kind, "name": c.name} for c in by_plugin.get(name, [])]
+        hooks = sorted(h.name for h in loaded.manager.get_hookcallers(loaded.manager.get_plugin(name)) or []) \
+            if loaded.manager.get_plugin(name) is not None else []
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version,
+                     "module": info.module, "status": info.status, "error": info.error,
+                     "hooks": hooks, "components": comps})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        status = "" if row["status"] == "loaded" else f"  [{row['status']}: {row['error']}]" if row["error"] else f"  [{row['status']}]"
+        print(f"{row['name']}  ({row['distribution']} {row['version']}){status}")
+        for comp in row["components"]:
+            print(f"    {comp['kind']}/{comp['name']}")
+    return 0
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    from corecompress.config.options import describe_options
+    from corecompress.plugin.loading import load_plugins
+    from corecompress.plugin.registry import KINDS
+
+    if args.kind not in KINDS:
+        from corecompress.config.options import close_match
+        raise UserError(f"unknown kind '{args.kind}'{close_match(args.kind, KINDS)} (kinds: {', '.join(KINDS)})")
+    comp = load_plugins().registry.get(args.kind, args.name, f"{args.kind}")
+    print(f"{comp.kind}/{comp.name}  (plugin {comp.plugin}, {comp.distribution})")
+    if comp.description:
+        print(f"  {comp.description}")
+    if comp.needs:
+        print(f"  needs: {', '.join(sorted(comp.needs))}")
+    rows = describe_options(comp.options)
+    if not rows:
+        print("  (no options)")
+    for row in rows:
+        print(f"  {row['name']}: {row['type']} = {row['default']}" + (f"  — {row['help']}" if row["help"] else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corecompress", description="Compress face-analysis models with recipes.")
+    parser.add_argument("--version", action="version", version=f"corecompress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a recipe, or continue an interrupted run (--resume)")
+    p.add_argument("recipe", nargs="?")
+    p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--force", action="store_true", help="replace an earlier run in --out (only a corecompress run directory or an empty folder)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
+    p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("export", help="write a finished run's model as safetensors or ONNX")
+    p.add_argument("run_dir", help="run directory (or its architecture.json / exported .safetensors)")
+    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
+    p.add_argument("--out", help="file to write (default: model.<ext> in the run directory)")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("validate", help="check a recipe without running it")
+    p.add_argument("recipe")
+    p.add_argument("--strict", action="store_true")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("plugins", help="list plugins and the components they register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("options", help="show a component's options")
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_options)
+    from corecompress.tools.compare import add_compare_parser
+
+    add_compare_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _one_line_warnings()
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments, one usage line
+    try:
+        for value in vars(args).values():
+            if isinstance(value, str) and "\x00" in value:
+                raise UserError("an argument contains a NUL character; file names cannot")
+        if _launched_distributed() and args.func is not cmd_run:  # each process would write the same files
+            raise UserError(f"'{args.command}' does not run distributed; start it without torchrun "
+                            "(only 'run' does)")
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        _print_error(str(exc), exc)
+        return EXIT_USAGE
+    except _Interrupted:
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        if _rank() == 0:
+            print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # not the user's recipe: disk full, permissions, a vanished file system
+        _print_error(_os_error_line(exc), exc)
+        return EXIT_FAILURE
+
+
+def _launched_distributed() -> bool:
+    """Started by torchrun with several processes (read from the environment: no torch import)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return True  # malformed: ``run`` reports it
+
+
+def _rank() -> int:
+    """This process's rank in a joined process group; 0 otherwise (torch is not imported for it)."""
+    if "corecompress.engine.distributed" not in sys.modules:
+        return 0
+    from corecompress.engine import distributed
+
+    return distributed.rank()
+
+
+def _print_error(line: str, exc: BaseException) -> None:
+    """``error: LINE`` — on ranks other than 0 prefixed with the rank, and not at all for a failure
+    of rank 0's that every rank re-raised (rank 0 prints it)."""
+    rank = _rank()
+    line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x00", "\\0")  # always one line
+    if rank == 0:
+        print(f"error: {line}", file=sys.stderr)
+    elif not getattr(exc, "from_main_rank", False):
+        print(f"error: [rank {rank}] {line}", file=sys.stderr)
+
+
+def _os_error_line(exc: OSError) -> str:
+    from corecompress.engine.checkpoint import CheckpointWriteError
+
+    if isinstance(exc, CheckpointWriteError):
+        return str(exc)
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{where}{text}"

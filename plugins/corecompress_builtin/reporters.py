@@ -1,0 +1,66 @@
+"""``markdown``: report.md with the before/after table, the plan summary and plugin sections."""
+from __future__ import annotations
+
+from typing import Any
+
+from corecompress.engine.rundir import atomic_write_bytes
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if abs(value) >= 1e6:
+            return f"{value / 1e6:.3f} M"
+        if value.is_integer():
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def metrics_table(phases: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per metric, one column per phase (before pruning, pruned before retraining, after)."""
+    keys = list(dict.fromkeys(k for values in phases.values() for k in values))
+    lines = ["| metric | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(values.get(k, "–")) for values in phases.values()) + " |")
+    return lines
+
+
+class MarkdownReporter:
+    """Writes ``report.md`` into the run directory."""
+
+    def write(self, run: Any) -> None:
+        r = run.recipe
+        lines = [f"# {r.name}", ""]
+        if r.description:
+            lines += [r.description, ""]
+        lines += [f"- model: `{r.model.name}`, data: `{r.data.name}`, seed: {r.seed}"]
+        if r.prune is not None:
+            applied = r.prune.apply.name
+            lines.append(f"- pruning: `{r.prune.importance.name}` at sparsity {r.prune.sparsity} "
+                         f"({r.prune.scope}, targets {', '.join(r.prune.targets)}), applied as **{applied}**"
+                         + (" — a masked model has the dense model's size and speed" if applied == "mask" else ""))
+        if run.plan is not None:
+            lines.append(f"- units removed: {100 * run.plan.unit_ratio():.1f} % of {sum(g.size for g in run.plan.groups.values())}"
+                         f" in {len(run.plan.groups)} groups (plan.json)")
+        lines.append("")
+        labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
+        phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}
+        if phases:
+            lines += ["## Results", ""] + metrics_table(phases) + [""]
+        for phase in ("train", "retrain"):
+            if phase in run.metrics:
+                m = run.metrics[phase]
+                lines.append(f"- {phase}: {len(m['history'])} log points, final loss {m['final_loss']:.4g}, {m['seconds']:.1f} s")
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in run.timings.items() if v >= 0.05)
+        if timings:
+            lines += ["", f"Stage times: {timings}."]
+        for section in run.hook.report_sections(run=run):
+            for title, body in section or []:
+                lines += ["", f"## {title}", "", body]
+        lines += ["", "Files: recipe.resolved.json, versions.json, metrics.json, plan.json (if pruned), "
+                  "model.safetensors + architecture.json (reload with `corecompress.load(dir)`), log.txt.", ""]
+        atomic_write_bytes(run.out_dir / "report.md", "\n".join(lines).encode())
+
+
+def register(register: Any) -> None:
+    register("markdown", MarkdownReporter, description="report.md with the before/after table")

@@ -1,1 +1,0 @@
-"""Part of the corecompress_face built-in plugin."""

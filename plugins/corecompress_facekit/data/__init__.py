@@ -1,0 +1,1 @@
+"""Part of the corecompress_facekit built-in plugin."""
