@@ -284,7 +284,8 @@ def test_registered_through_the_plugin() -> None:
     registry = load_plugins(autoload=False, extra=[("adadistill_test", corecompress_adadistill)]).registry
     component = registry.get("loss", "adadistill")
     loss = component.create(component.parse({"variant": "plain", "margin": "cosface"}, "train.objective"))
-    assert isinstance(loss, AdaDistill) and loss.options.variant == "plain" and loss.needs_teacher
+    assert isinstance(loss, AdaDistill) and loss.options.variant == "plain"
+    assert component.needs_for(loss.options) == {"teacher"}
 
 
 def test_short_training_aligns_student_with_teacher() -> None:

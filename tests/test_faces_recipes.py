@@ -87,4 +87,4 @@ def test_faces_attribute_objective_is_bce_through_the_faces_head():
     parts = objective(emb, {"attributes": target})
     expected = torch.nn.functional.binary_cross_entropy_with_logits(objective.head(emb), target)
     assert torch.allclose(parts["loss"], expected)
-    assert Ctx.state["attribute_head"] is objective.head
+    assert objective.artifacts() == {"attribute_head": objective.head}

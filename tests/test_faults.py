@@ -42,8 +42,6 @@ class NanAtOptions:
 class NanAt(torch.nn.Module):
     """Cross-entropy, except NaN at the listed calls: a deterministic non-finite loss."""
 
-    needs_teacher = False
-
     def __init__(self, options: NanAtOptions) -> None:
         super().__init__()
         self.options, self.calls = options, 0

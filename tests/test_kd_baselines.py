@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from corecompress.errors import RecipeError
+from corecompress.engine.artifacts import ArtifactStore, objective_artifacts
+from corecompress.errors import RecipeError, UserError
+from corecompress.plugin.loading import load_plugins
 from corecompress.config.options import parse_options
 from corecompress_facekit.heads.margin import CombinedMarginHead
 from corecompress_facekit.losses import LossConfigError
@@ -23,12 +25,21 @@ from corecompress_distill_baselines.hinton import HintonKD, HintonKDOptions
 HEADER = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-0.6, 0.8]])          # K = 3 classes × E = 2
 
 
-def make_ctx(num_classes: int = 3, student_size: int = 2, teacher_size: int = 2, seed: int = 0, state=None):
+def make_ctx(num_classes: int = 3, student_size: int = 2, teacher_size: int = 2, seed: int = 0, artifacts=None):
+    store = ArtifactStore()
+    for name, value in (artifacts or {}).items():
+        store.publish(name, value, phase="train", producer="test")
     return SimpleNamespace(
         data=SimpleNamespace(num_classes=num_classes),
         model_spec=SimpleNamespace(embedding_size=student_size, input_size=(3, 4, 4)),
-        teacher=SimpleNamespace(embedding_size=teacher_size), state=dict(state or {}),
-        recipe=SimpleNamespace(seed=seed), log=logging.getLogger("test"), device=torch.device("cpu"))
+        teacher=SimpleNamespace(embedding_size=teacher_size), state={}, artifacts=store,
+        recipe=SimpleNamespace(seed=seed, teacher=None), log=logging.getLogger("test"), device=torch.device("cpu"))
+
+
+def needs(name: str, **options) -> frozenset[str]:
+    """What the registered loss ``name`` declares it needs with these options."""
+    component = load_plugins().registry.get("loss", name)
+    return component.needs_for(component.parse(options, "retrain.objective"))
 
 
 def build(cls, options, ctx=None, method=None):
@@ -63,7 +74,7 @@ def test_feature_mse_by_hand() -> None:
 def test_feature_mse_with_margin_adds_the_margin_loss() -> None:
     ctx = make_ctx()
     loss = build(FeatureMSE, FeatureMSEOptions(weight=0.5, s=8.0), ctx)
-    assert ctx.state["header"] is loss.margin.head and loss.margin.m2 == 0.45     # AdaDistill's ArcFace m
+    assert objective_artifacts(loss)["header"] is loss.margin.head and loss.margin.m2 == 0.45  # AdaDistill's m
     f_s = torch.randn(4, 2, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 1])
     parts = loss(f_s, {"label": labels}, torch.randn(4, 2))
@@ -79,7 +90,10 @@ def test_feature_mse_with_margin_adds_the_margin_loss() -> None:
 
 def test_arcdistill_by_hand_against_frozen_header_file(tmp_path: Path) -> None:
     loss = build(HeaderDistill, ArcDistillOptions(header=header_file(tmp_path), s=4.0, m=0.3))
-    assert not loss.needs_teacher and list(loss.parameters()) == []
+    assert list(loss.parameters()) == []
+    assert needs("arcdistill", header="x.safetensors") == set()      # a header file: no teacher run
+    assert needs("arcdistill") == {"artifact:header"} and needs("cosdistill", header="class_means") == {"teacher"}
+    assert needs("hinton_kd") == {"teacher", "artifact:header"}
     angle = math.pi / 3                                       # 60° from class 0, 30° from class 1
     emb = torch.tensor([[math.cos(angle), math.sin(angle)]], requires_grad=True)
     parts = loss(emb, {"label": torch.tensor([1])})
@@ -96,10 +110,10 @@ def test_arcdistill_by_hand_against_frozen_header_file(tmp_path: Path) -> None:
     assert "teacher_header" not in loss.state_dict()          # frozen, reloaded from its source
 
 
-def test_cosdistill_from_context_state_and_transposed_header() -> None:
+def test_cosdistill_from_the_header_artifact_and_transposed_header() -> None:
     head = CombinedMarginHead(2, 3, init_weight=HEADER)
     for held in (head, HEADER.t().contiguous()):              # a module with .weight, or an E × K kernel
-        loss = build(HeaderDistill, CosDistillOptions(s=2.0), make_ctx(state={"teacher_header": held}), "cosdistill")
+        loss = build(HeaderDistill, CosDistillOptions(s=2.0), make_ctx(artifacts={"header": held}), "cosdistill")
         emb = torch.tensor([[0.0, 3.0]])
         cos = [0.0, 1.0, 0.8]
         logits = [2 * c for c in cos]
@@ -108,7 +122,8 @@ def test_cosdistill_from_context_state_and_transposed_header() -> None:
 
 
 def test_header_errors(tmp_path: Path) -> None:
-    with pytest.raises(LossConfigError, match="arcdistill needs the teacher's trained classifier"):
+    with pytest.raises(UserError, match="arcdistill needs the artifact 'header' by the train phase, which this run "
+                                        "did not produce.*set the option 'header: <file>'"):
         build(HeaderDistill, ArcDistillOptions())
     with pytest.raises(ValueError, match=r"classifier has shape \[4, 2\], expected \[3, E\]"):
         build(HeaderDistill, ArcDistillOptions(header=header_file(tmp_path, torch.zeros(4, 2))))
@@ -154,7 +169,7 @@ def test_hinton_kd_trainable_head_and_size_checks(tmp_path: Path) -> None:
 
 def test_embedding_cosine_by_hand() -> None:
     loss = build(EmbeddingCosine, EmbeddingCosineOptions(weight=0.3))
-    assert loss.margin.m2 == 0.5 and loss.needs_teacher        # FACES: ArcFace m = 0.5
+    assert loss.margin.m2 == 0.5 and needs("embedding_cosine") == {"teacher"}  # FACES: ArcFace m = 0.5
     f_s = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     f_t = torch.tensor([[2.0, 0.0], [-1.0, 1.0]])              # cos 1 and 0 -> mean 0.5
     labels = torch.tensor([0, 2])

@@ -75,7 +75,7 @@ def test_head_is_seeded_trainable_and_published() -> None:
     assert isinstance(a.head, CombinedMarginHead) and a.head.weight.shape == (50, 32)
     assert torch.equal(a.head.weight, b.head.weight) and not torch.equal(a.head.weight, c.head.weight)
     assert 0.008 < float(a.head.weight.detach().std()) < 0.012
-    assert ctx.state["header"] is a.head
+    assert a.artifacts() == {"header": a.head}
     assert [p is a.head.weight for p in a.parameters()] == [True]
     assert "head.weight" in a.state_dict()
 

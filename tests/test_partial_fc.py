@@ -240,7 +240,7 @@ def test_sharded_option_in_one_process_is_the_ordinary_head(margin):
         ctx = make_ctx()
         objective = MarginObjective(MarginObjectiveOptions(margin=margin, s=8.0, sharded=sharded))
         objective.setup(ctx)
-        assert type(objective.head) is CombinedMarginHead and ctx.state["header"] is objective.head
+        assert type(objective.head) is CombinedMarginHead and objective.artifacts()["header"] is objective.head
         emb = torch.linspace(-1, 1, 24).reshape(6, 4).requires_grad_()
         loss = objective(emb, {"label": torch.tensor([0, 1, 2, 3, 4, 0])})["loss"]
         loss.backward()

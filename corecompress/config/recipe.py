@@ -20,6 +20,7 @@ from corecompress.errors import RecipeError, UserError
 from corecompress.config.options import check_range, join_path, options_to_dict, parse_options, printable, short_repr, shown
 from corecompress.pruning.gradual import round_steps
 from corecompress.plugin.registry import Registry
+from corecompress.config.needs import check_recipe_needs
 
 RECIPE_VERSION = 1
 MAX_MATRIX_CELLS = 1000
@@ -313,6 +314,7 @@ def validate_recipe(data: dict[str, Any], registry: Registry, *, check_matrix: b
         raise RecipeError("version", f"missing; add 'version: {RECIPE_VERSION}' at the top of the recipe")
     recipe = parse_options(Recipe, raw, "")
     _walk_choices(recipe, Recipe, "", registry)
+    check_recipe_needs(recipe, registry)
     if check_matrix:
         if recipe.matrix:
             for _label, cell in expand_matrix(raw):

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from corecompress.engine.artifacts import ArtifactStore
 from corecompress.plugin.loading import LoadedPlugins
 from corecompress.config.recipe import Recipe
 
@@ -29,7 +30,8 @@ class RunContext:
     masks: Any = None               # MaskSet while soft masks are active
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # free space for plugins
+    artifacts: ArtifactStore = field(default_factory=ArtifactStore)  # what components hand to each other
+    state: dict[str, Any] = field(default_factory=dict)  # a component's own scratch space (never a handover)
 
     @property
     def hook(self) -> Any:

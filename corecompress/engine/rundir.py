@@ -22,10 +22,11 @@ def default_run_dir(base: str | Path, name: str) -> Path:
     return Path(base) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-#: What a run writes at the top of its directory (shell patterns); ``--force`` replaces only such folders.
+#: What a run writes at the top of its directory (shell patterns; artifacts are NAME.safetensors);
+#: ``--force`` replaces only such folders.
 RUN_ENTRIES: tuple[str, ...] = (
     STATUS_FILE, "recipe.resolved.json", "versions.json", "plan.json", "plan.round*.json", "metrics.json",
-    "report.md", "model.safetensors", "architecture.json", "model.onnx", "header.safetensors", "log.txt",
+    "report.md", "model.safetensors", "architecture.json", "model.onnx", "*.safetensors", "log.txt",
     "checkpoints", "traceback.txt", ".*.tmp",
 )
 #: Files only a run directory has: both present = a corecompress run.

@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from corecompress.engine import distributed
+from corecompress.engine.artifacts import ArtifactStore
 from corecompress.engine.context import RunContext
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
@@ -74,17 +74,11 @@ def build(ctx: RunContext) -> None:
 
 def train_stage(ctx: RunContext) -> Any:
     result = train(ctx, ctx.recipe.train, ctx.model, "train") if ctx.recipe.train else None
-    header = ctx.state.get("header")                        # a margin head trained with the model
-    if result is not None and isinstance(header, torch.nn.Module) and hasattr(header, "weight"):
-        distributed.on_main(lambda: save_file({"weight": header.weight.detach().contiguous().cpu()},
-                                              str(ctx.out_dir / "header.safetensors")), share=False)
     teacher = ctx.recipe.teacher
     if teacher is not None and teacher.model is None:      # teacher = the model before pruning
         ctx.teacher = _freeze(copy.deepcopy(ctx.model))
         if teacher.weights:
             load_weights_file(ctx.teacher, teacher.weights)
-        if isinstance(header, torch.nn.Module):            # its trained classifier, for ArcDistill & co.
-            ctx.state["teacher_header"] = header.weight.detach().clone()
     if result is not None:
         ctx.metrics["train"] = {"seconds": result.seconds, "final_loss": result.final_loss,
                                 "skipped_steps": result.skipped_steps, "history": result.history}
@@ -207,7 +201,8 @@ def retrain(ctx: RunContext) -> Any:
 def _gradual_pruner(ctx: RunContext) -> GradualPruner:
     p = ctx.recipe.prune
     importance = ctx.create("importance", p.importance)
-    if "grad" in getattr(importance, "needs", ()) and distributed.world() > 1:
+    needs = ctx.registry.get("importance", p.importance.name).needs_for(p.importance.options)
+    if "grad" in needs and distributed.world() > 1:
         raise UserError(f"prune.rounds: gradual pruning with the gradient-based importance '{p.importance.name}' "
                         "is not supported under torchrun; use rounds: 1 or a data-free importance")
     pruner = GradualPruner(
@@ -360,7 +355,8 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed, recipe.deterministic)
-    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device())
+    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device(),
+                     artifacts=ArtifactStore(out_dir, producers=plugins.registry.producers_of))
     if resumes:
         ctx.state[RESUMING] = True
         first_plan = out_dir / plan_file(recipe)

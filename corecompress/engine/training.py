@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from corecompress.engine import distributed, row_shards
+from corecompress.engine.artifacts import publish_objective
 from corecompress.engine.checkpoint import (
     Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
     save_checkpoint, set_rng_state,
@@ -200,9 +201,11 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
 
     seed = ctx.recipe.seed
     seed_phase(seed, phase)
+    component = ctx.registry.get("loss", section.objective.name)
     objective = ctx.create("loss", section.objective).to(ctx.device)
     objective.setup(ctx)
-    needs_teacher = getattr(objective, "needs_teacher", False)
+    publish_objective(ctx, component, objective, phase, final=False)  # live, for evaluations during training
+    needs_teacher = "teacher" in component.needs_for(section.objective.options)
     if needs_teacher and ctx.teacher is None:
         raise UserError(f"{phase}.objective: '{section.objective.name}' needs a teacher; add a 'teacher:' section")
     params = list(model.parameters()) + list(objective.parameters())
@@ -352,6 +355,7 @@ def _finish(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
     on_train_end = getattr(objective, "on_train_end", None)
     if callable(on_train_end):  # every rank (e.g. a sharded head gathers its full matrix here)
         on_train_end(ctx)
+    publish_objective(ctx, ctx.registry.get("loss", section.objective.name), objective, phase, final=True)
     if distributed.world() > 1:  # later stages draw from rank 0's generators, as a single process would
         set_rng_state(distributed.broadcast_object(rng_state()))
     dump_dir = os.environ.get(distributed.ENV_DUMP_DIR)

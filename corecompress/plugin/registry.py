@@ -35,7 +35,26 @@ class Component:
     plugin: str
     distribution: str = ""
     description: str = ""
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[str] | Callable[[Any], Any] = frozenset()  # names, or a function of the parsed options
+    produces: frozenset[str] = frozenset()
+
+    def needs_for(self, options: Any) -> frozenset[str]:
+        """What this component needs with these parsed options (the one declaration, made at registration)."""
+        if not callable(self.needs):
+            return self.needs
+        where = f"plugin '{self.plugin}': {self.kind} '{self.name}'"
+        needs = _names(self.needs(options), where, "needs")
+        check_needs(needs, where)
+        return needs
+
+    def default_needs(self) -> frozenset[str]:
+        """What it needs with its default options (shown by ``corecompress options``)."""
+        if not callable(self.needs):
+            return self.needs
+        try:
+            return self.needs_for(self.parse({}, self.kind))
+        except RecipeError:  # options without defaults
+            return frozenset()
 
     def parse(self, data: dict | None, path: str) -> Any:
         """Validate recipe data for this component; ``name`` is the selector, not an option."""
@@ -79,6 +98,11 @@ class Registry:
             raise RecipeError(path, f"unknown {kind} {quoted(name)}" + close_match(name, known)
                               + f" (registered: {', '.join(known) or 'none'})") from None
 
+    def producers_of(self, artifact: str) -> list[str]:
+        """The components that declare they produce ``artifact``, as "kind 'name'"."""
+        return [f"{c.kind} '{c.name}'" for kind in KINDS for c in self.components[kind].values()
+                if artifact in c.produces]
+
     def by_plugin(self) -> dict[str, list[Component]]:
         out: dict[str, list[Component]] = {}
         for kind in KINDS:
@@ -88,14 +112,50 @@ class Registry:
 
 
 def make_register(registry: Registry, kind: str, plugin: str, distribution: str) -> Callable[..., None]:
-    """The ``register`` callback handed to a plugin's ``register_<kind>s`` hook."""
+    """The ``register`` callback handed to a plugin's ``register_<kind>s`` hook (see
+    :class:`corecompress.plugin.protocols.Register`)."""
 
     def register(name: str, factory: Callable[..., Any], options: type | None = None, *,
-                 description: str = "", needs: tuple[str, ...] | frozenset[str] = ()) -> None:
+                 description: str = "", needs: Any = (), produces: Any = ()) -> None:
+        where = f"plugin '{plugin}': {kind} '{name}'"
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{plugin}': a {kind} needs a non-empty string name, got {name!r}")
+        if not callable(factory):
+            raise PluginError(f"{where}: the factory {factory!r} is not callable")
         if options is not None and not dataclasses.is_dataclass(options):
-            raise PluginError(f"plugin '{plugin}': options of {kind} '{name}' must be a dataclass")
+            raise PluginError(f"{where}: options must be a dataclass")
+        if not callable(needs):
+            needs = _names(needs, where, "needs")
+            check_needs(needs, where)
         summary = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
         registry.add(Component(kind=kind, name=name, factory=factory, options=options, plugin=plugin,
-                               distribution=distribution, description=summary, needs=frozenset(needs)))
+                               distribution=distribution, description=summary, needs=needs,
+                               produces=_names(produces, where, "produces")))
 
     return register
+
+
+def _names(value: Any, where: str, what: str) -> frozenset[str]:
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise PluginError(f"{where}: {what} must be a collection of names, e.g. {what}={{'teacher'}}, got {value!r}")
+    return frozenset(value)
+
+
+def check_needs(needs: frozenset[str], where: str) -> None:
+    """A need is a resource (:data:`~corecompress.plugin.protocols.RESOURCES`) or an artifact name
+    (``artifact:NAME``); anything else is a plugin error naming the known ones."""
+    from corecompress.plugin.protocols import RESOURCES
+
+    for need in sorted(needs):
+        if need not in RESOURCES and not (need.startswith(ARTIFACT_PREFIX) and len(need) > len(ARTIFACT_PREFIX)):
+            raise PluginError(f"{where}: needs unknown {need!r}; a component can need "
+                              f"{', '.join(repr(r) for r in RESOURCES)} or 'artifact:NAME' (what another produces)")
+
+
+#: ``needs`` entries naming an artifact another component produces: ``"artifact:header"``.
+ARTIFACT_PREFIX = "artifact:"
+
+
+def needed_artifacts(needs: frozenset[str]) -> list[str]:
+    """The artifact names among ``needs`` (without the prefix)."""
+    return sorted(n[len(ARTIFACT_PREFIX):] for n in needs if n.startswith(ARTIFACT_PREFIX))

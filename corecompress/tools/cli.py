@@ -148,8 +148,11 @@ def cmd_options(args: argparse.Namespace) -> int:
     print(f"{comp.kind}/{comp.name}  (plugin {comp.plugin}, {comp.distribution})")
     if comp.description:
         print(f"  {comp.description}")
-    if comp.needs:
-        print(f"  needs: {', '.join(sorted(comp.needs))}")
+    needs = comp.default_needs()
+    if needs:
+        print(f"  needs: {', '.join(sorted(needs))}" + (" (with the default options)" if callable(comp.needs) else ""))
+    if comp.produces:
+        print(f"  produces: {', '.join(sorted(comp.produces))}")
     rows = describe_options(comp.options)
     if not rows:
         print("  (no options)")

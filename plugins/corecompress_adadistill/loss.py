@@ -59,8 +59,6 @@ class AdaDistillOptions(MarginOptions):
 class AdaDistill(nn.Module):
     """Margin-penalty softmax against adaptive, teacher-built class centres (see module docstring)."""
 
-    needs_teacher = True
-
     def __init__(self, options: AdaDistillOptions) -> None:
         super().__init__()
         self.options = options
@@ -100,5 +98,5 @@ class AdaDistill(nn.Module):
 
 
 def register(register: Any) -> None:
-    register("adadistill", AdaDistill, AdaDistillOptions,
+    register("adadistill", AdaDistill, AdaDistillOptions, needs={"teacher"},
              description="AdaDistill: margin softmax against adaptive teacher-built class centres (ECCV 2024)")

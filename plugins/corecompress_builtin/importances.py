@@ -24,7 +24,6 @@ class MagnitudeOptions:
 class Magnitude:
     """Group magnitude: Σ|w|^p over the unit's slices (p = 1 or 2)."""
 
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, p: int, options: MagnitudeOptions) -> None:
         self.p, self.options = p, options
@@ -48,7 +47,6 @@ class RandomOptions:
 class RandomImportance:
     """Uniform random scores (a baseline, not a method)."""
 
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, options: RandomOptions) -> None:
         self.options = options

@@ -14,8 +14,6 @@ class CrossEntropyOptions:
 
 
 class CrossEntropy(torch.nn.Module):
-    needs_teacher = False
-
     def __init__(self, options: CrossEntropyOptions) -> None:
         super().__init__()
         self.options = options

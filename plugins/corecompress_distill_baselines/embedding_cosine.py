@@ -40,8 +40,6 @@ class EmbeddingCosineOptions(MarginObjectiveOptions):
 class EmbeddingCosine(nn.Module):
     """Margin loss with a trainable head, blended with one minus the mean cosine to the teacher."""
 
-    needs_teacher = True
-
     def __init__(self, options: EmbeddingCosineOptions) -> None:
         super().__init__()
         self.options = options
@@ -69,5 +67,5 @@ class EmbeddingCosine(nn.Module):
 
 
 def register(register: Any) -> None:
-    register("embedding_cosine", EmbeddingCosine, EmbeddingCosineOptions,
+    register("embedding_cosine", EmbeddingCosine, EmbeddingCosineOptions, needs={"teacher"}, produces={"header"},
              description="FACES term: (1 − λ)·margin loss + λ·(1 − mean cos(f_s, f_t))")

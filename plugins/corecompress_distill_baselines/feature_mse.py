@@ -41,8 +41,6 @@ class FeatureMSEOptions(MarginOptions):
 class FeatureMSE(nn.Module):
     """Mean squared embedding distance to the teacher, optionally plus the margin loss."""
 
-    needs_teacher = True
-
     def __init__(self, options: FeatureMSEOptions) -> None:
         super().__init__()
         self.options = options
@@ -76,5 +74,5 @@ class FeatureMSE(nn.Module):
 
 
 def register(register: Any) -> None:
-    register("feature_mse", FeatureMSE, FeatureMSEOptions,
+    register("feature_mse", FeatureMSE, FeatureMSEOptions, needs={"teacher"}, produces={"header"},
              description="vanilla feature KD: w·mean ‖f_s − f_t‖² (+ margin loss)")

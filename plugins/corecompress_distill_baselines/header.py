@@ -2,8 +2,8 @@
 
 Source, in this order: the loss option ``header`` — a safetensors or torch weights file (read with
 ``weights_only=True``), or the reserved value ``class_means`` (below) — else
-``ctx.state["teacher_header"]`` (a K × E tensor or a module with a ``weight`` such as a margin head —
-put there by the runner, e.g. the classifier of an earlier training phase). Neither → a clear error.
+the artifact ``header`` of the train phase (the margin head trained with the model before pruning,
+when that model is the teacher; declared as ``needs: artifact:header``). Neither → a one-line error.
 The matrix is oriented to classes × embedding (an E × K ArcFace kernel is transposed) and must have
 one row per class of the training data.
 
@@ -81,14 +81,23 @@ def resolve_teacher_header(ctx: Any, path: str | None, method: str) -> Tensor:
         return teacher_class_means(ctx, method)
     if path is not None:
         return orient_header(load_header_file(path), num_classes, str(path))
-    held = (getattr(ctx, "state", None) or {}).get("teacher_header")
-    if held is None:
-        raise LossConfigError(f"{method} needs the teacher's trained classifier: set the option 'header: <file>' "
-                              "(safetensors/torch, classes × embedding), 'header: class_means' (built from the "
-                              "teacher's embeddings of the training images) or run it after a phase that leaves "
-                              "ctx.state['teacher_header']")
+    hint = ("or set the option 'header: <file>' (safetensors/torch, classes × embedding) or 'header: class_means' "
+            "(built from the teacher's embeddings of the training images)")
+    teacher_section = getattr(ctx.recipe, "teacher", None)
+    if teacher_section is not None and getattr(teacher_section, "model", None) is not None:
+        raise LossConfigError(f"{method}: with teacher.model the train phase's head is not the teacher's "
+                              f"classifier; {hint[3:]}")
+    held = ctx.artifacts.require("header", method, phase="train", hint=hint).value
     matrix = held if isinstance(held, Tensor) else getattr(held, "weight", None)
     if not isinstance(matrix, Tensor) or matrix.ndim != 2:
-        raise LossConfigError(f"{method}: ctx.state['teacher_header'] is neither a 2-D tensor nor a module "
+        raise LossConfigError(f"{method}: the artifact 'header' is neither a 2-D tensor nor a module "
                               f"with a 2-D weight (got {type(held).__name__})")
-    return orient_header(matrix.detach().float().cpu(), num_classes, "ctx.state['teacher_header']")
+    return orient_header(matrix.detach().float().cpu().clone(), num_classes, "the train phase's header")
+
+
+def header_needs(header: str | None) -> set[str]:
+    """What the ``header`` option makes a loss need: the train phase's ``header`` artifact (null), a
+    teacher (``class_means``), or nothing (a file)."""
+    if header is None:
+        return {"artifact:header"}
+    return {"teacher"} if header == CLASS_MEANS else set()

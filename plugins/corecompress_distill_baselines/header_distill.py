@@ -3,10 +3,10 @@
 Baselines of AdaDistill (Boutros et al., ECCV 2024, "ArcDistill/CosDistill"): the student is trained
 with ArcFace (default m = 0.45) or CosFace (m = 0.35) whose class centres are the teacher's trained
 header, kept frozen — so the student is pulled towards the teacher's class centres instead of
-learning its own. The header comes from the ``header`` file option or ``ctx.state["teacher_header"]``
+learning its own. The header comes from the ``header`` file option or the train phase's ``header`` artifact
 (see :mod:`corecompress_distill_baselines.header`). It is a non-persistent buffer (not written to every
 checkpoint: it never changes and is reloaded from its source). The teacher network itself is not
-run (``needs_teacher = False``). Different sizes of student embedding and header need
+run (it needs a teacher only for ``header: class_means``). Different sizes of student embedding and header need
 ``projector: true``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from corecompress_facekit.losses import (
     DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters,
     student_embedding_size,
 )
-from corecompress_distill_baselines.header import resolve_teacher_header
+from corecompress_distill_baselines.header import header_needs, resolve_teacher_header
 from corecompress_distill_baselines.projector import make_projector, project
 
 
@@ -31,7 +31,7 @@ from corecompress_distill_baselines.projector import make_projector, project
 class ArcDistillOptions(MarginOptions):
     header: str | None = field(default=None, metadata={
         "help": "teacher classifier file (safetensors/torch, classes × embedding); 'class_means' = "
-                "built from the teacher's embeddings of the training images; null = ctx.state['teacher_header']"})
+                "built from the teacher's embeddings of the training images; null = the train phase's trained margin head (artifact 'header')"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
 
 
@@ -43,8 +43,6 @@ class CosDistillOptions(ArcDistillOptions):
 
 class HeaderDistill(nn.Module):
     """Margin-penalty softmax of the (projected) student embedding against a frozen teacher header."""
-
-    needs_teacher = False
 
     def __init__(self, options: ArcDistillOptions, method: str = "arcdistill") -> None:
         super().__init__()
@@ -71,6 +69,8 @@ class HeaderDistill(nn.Module):
 
 def register(register: Any) -> None:
     register("arcdistill", lambda o: HeaderDistill(o, "arcdistill"), ArcDistillOptions,
+             needs=lambda o: header_needs(o.header),
              description="ArcFace against the teacher's frozen classifier (AdaDistill baseline)")
     register("cosdistill", lambda o: HeaderDistill(o, "cosdistill"), CosDistillOptions,
+             needs=lambda o: header_needs(o.header),
              description="CosFace against the teacher's frozen classifier (AdaDistill baseline)")

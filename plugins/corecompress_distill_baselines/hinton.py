@@ -2,7 +2,7 @@
 Network", NIPS workshop 2015), adapted to margin-softmax face models.
 
 Face models have no logits of their own, so both are defined through the teacher's trained classifier
-W_t (K × E, from the ``header`` file or ``ctx.state["teacher_header"]``, see
+W_t (K × E, from the ``header`` file or the train phase's ``header`` artifact, see
 :mod:`corecompress_distill_baselines.header`):
 
 - teacher logits  z_t = s·cos(f_t, W_t)                (f_t = the teacher embedding; no margin);
@@ -29,7 +29,7 @@ from corecompress_facekit.losses import (
     DISTILL_DEFAULT_M, LossConfigError, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters,
     student_embedding_size,
 )
-from corecompress_distill_baselines.header import resolve_teacher_header
+from corecompress_distill_baselines.header import header_needs, resolve_teacher_header
 from corecompress_distill_baselines.projector import (
     check_width, make_projector, project, teacher_embedding, teacher_embedding_size,
 )
@@ -41,7 +41,7 @@ class HintonKDOptions(MarginOptions):
     weight: float = field(default=1.0, metadata={"help": "weight of T²·KL(teacher ‖ student)"})
     header: str | None = field(default=None, metadata={
         "help": "teacher classifier file (safetensors/torch, classes × embedding); 'class_means' = "
-                "built from the teacher's embeddings of the training images; null = ctx.state['teacher_header']"})
+                "built from the teacher's embeddings of the training images; null = the train phase's trained margin head (artifact 'header')"})
     train_head: bool = field(default=False, metadata={
         "help": "student logits from a trainable copy of the teacher classifier (else the frozen one)"})
     projector: bool = field(default=False, metadata={"help": "learn Linear(d_s → d_t) when the sizes differ"})
@@ -56,8 +56,6 @@ class HintonKDOptions(MarginOptions):
 
 class HintonKD(nn.Module):
     """Margin loss on the labels plus temperature-softened KL to the teacher's class distribution."""
-
-    needs_teacher = True
 
     def __init__(self, options: HintonKDOptions) -> None:
         super().__init__()
@@ -97,5 +95,5 @@ class HintonKD(nn.Module):
 
 
 def register(register: Any) -> None:
-    register("hinton_kd", HintonKD, HintonKDOptions,
+    register("hinton_kd", HintonKD, HintonKDOptions, needs=lambda o: {"teacher"} | header_needs(o.header),
              description="Hinton logit KD via the teacher classifier: margin loss + w·T²·KL")

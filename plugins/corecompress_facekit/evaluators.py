@@ -102,12 +102,12 @@ class AttributeProbe:
         if not sets:
             return {}
         o = self.options
-        trained = (getattr(context, "state", None) or {}).get("attribute_head")
-        if o.head == "trained" or (o.head == "auto" and trained is not None):
-            if trained is None:
-                from corecompress.errors import UserError
-                raise UserError("evaluate.attributes.head: 'trained' needs the faces_attributes objective")
-            return self._score(model, trained, sets)
+        store = getattr(context, "artifacts", None)
+        found = store.get("attribute_head") if store is not None else None
+        if o.head == "trained" or (o.head == "auto" and found is not None):
+            if o.head == "trained":
+                found = store.require("attribute_head", "evaluate.attributes (head: trained)")
+            return self._score(model, found.value, sets)
         train = data.train()
         if len(train) == 0 or "attributes" not in train[0]:
             return {}
@@ -150,4 +150,5 @@ class AttributeProbe:
 
 def register(register: Any) -> None:
     register("verification", Verification, VerificationOptions, description="10-fold verification, AUC, EER, TAR@FAR")
-    register("attributes", AttributeProbe, AttributeProbeOptions, description="attribute accuracy (the trained FACES head, or one fitted as a probe)")
+    register("attributes", AttributeProbe, AttributeProbeOptions,
+             needs=lambda o: {"artifact:attribute_head"} if o.head == "trained" else set(), description="attribute accuracy (the trained FACES head, or one fitted as a probe)")

@@ -258,21 +258,20 @@ class MarginObjective(nn.Module):
 
     ``setup(ctx)`` builds the head (K = ``ctx.data.num_classes``, E = the student's embedding size),
     initialised N(0, 0.01²) from a generator seeded by the recipe seed, or from ``init_header``;
-    it moves it to ``ctx.device`` and publishes it as ``ctx.state["header"]`` for reuse (e.g. as the
-    teacher classifier of a later ArcDistill phase, or by benchmarks).
+    it moves it to ``ctx.device`` and offers it as the artifact ``header`` (:meth:`artifacts`; the run
+    directory's ``header.safetensors``), e.g. the teacher classifier of a later ArcDistill phase.
 
     ``sharded`` under torchrun: the head is a :class:`ShardedMarginHead` (this rank's rows only); the
-    full head is gathered and published as ``ctx.state["header"]`` when training ends
-    (:meth:`on_train_end`, K × E on every rank once).
+    full head is gathered when training ends (:meth:`on_train_end`, K × E on every rank once) and
+    only then offered as ``header``.
     """
-
-    needs_teacher = False
 
     def __init__(self, options: MarginObjectiveOptions, default_m: Mapping[str, float] = MARGIN_DEFAULT_M) -> None:
         super().__init__()
         self.options = options
         self.m1, self.m2, self.m3 = margin_parameters(options, default_m)
         self.head: CombinedMarginHead | ShardedMarginHead | None = None
+        self._gathered: tuple[CombinedMarginHead, ...] = ()  # a tuple: not a submodule, not checkpointed
 
     def setup(self, ctx: Any) -> None:
         num_classes = int(ctx.data.num_classes)
@@ -292,13 +291,17 @@ class MarginObjective(nn.Module):
             return  # the full head is published by on_train_end
         self.head = CombinedMarginHead(size, num_classes, s=o.s, m1=self.m1, m2=self.m2, m3=self.m3,
                                        init_weight=init).to(context_device(ctx))
-        ctx.state["header"] = self.head
 
     def on_train_end(self, ctx: Any) -> None:
         """Called by the training loop on every rank when the phase ends: a sharded head's rows are
-        gathered into the full head, published as ``ctx.state["header"]`` (header.safetensors)."""
+        gathered into the full head, offered as the artifact ``header`` (header.safetensors)."""
         if isinstance(self.head, ShardedMarginHead):
-            ctx.state["header"] = self.head.full_head()
+            self._gathered = (self.head.full_head(),)
+
+    def artifacts(self) -> dict[str, nn.Module]:
+        """``header``: the trained margin head (a sharded one only once gathered at the end of training)."""
+        head = (self._gathered or (None,))[0] if isinstance(self.head, ShardedMarginHead) else self.head
+        return {"header": head} if head is not None else {}
 
     def margin_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of the margin logits of ``embeddings`` (B, E) against ``labels`` (B,)."""
@@ -327,9 +330,9 @@ def _preset(kind: str) -> Callable[[Any], MarginObjective]:
 
 def register_losses(register: Callable[..., None]) -> None:
     """Register ``margin``, ``arcface`` and ``cosface`` (called by the face plugin's registration module)."""
-    register("margin", MarginObjective, MarginObjectiveOptions,
+    register("margin", MarginObjective, MarginObjectiveOptions, produces={"header"},
              description="margin-penalty softmax (ArcFace/CosFace/combined), trainable head; no distillation")
-    register("arcface", _preset("arcface"), ArcFaceOptions,
+    register("arcface", _preset("arcface"), ArcFaceOptions, produces={"header"},
              description="ArcFace s·cos(θ+m), trainable head (m = 0.5); no distillation")
-    register("cosface", _preset("cosface"), CosFaceOptions,
+    register("cosface", _preset("cosface"), CosFaceOptions, produces={"header"},
              description="CosFace s·(cos θ − m), trainable head (m = 0.35); no distillation")

@@ -36,7 +36,6 @@ class FacesOptions:
 class FacesImportance:
     """|γ| of the norm that feeds (transformers) or follows (CNNs) each unit's channels."""
 
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, options: FacesOptions) -> None:
         self.options = options
@@ -66,7 +65,7 @@ class FacesImportance:
 def register_losses(register: Any) -> None:
     from corecompress_faces_pruner.attributes import FacesAttributeObjective, FacesAttributeOptions
 
-    register("faces_attributes", FacesAttributeObjective, FacesAttributeOptions,
+    register("faces_attributes", FacesAttributeObjective, FacesAttributeOptions, produces={"attribute_head"},
              description="FACES attribute head (512→1024→BN→ReLU→Dropout→40) with BCE")
 
 

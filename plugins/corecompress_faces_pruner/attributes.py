@@ -25,8 +25,6 @@ class FacesAttributeOptions:
 class FacesAttributeObjective(nn.Module):
     """BCE over the 40 attributes through the FACES head; logs the batch's mean attribute accuracy."""
 
-    needs_teacher = False
-
     def __init__(self, options: FacesAttributeOptions) -> None:
         super().__init__()
         self.options = options
@@ -40,7 +38,10 @@ class FacesAttributeObjective(nn.Module):
             raise UserError("retrain.objective: faces_attributes needs a model with an embedding_size")
         self.head = FacesAttributeHead(int(size), hidden=self.options.hidden, dropout=self.options.dropout)
         self.head.to(getattr(ctx, "device", torch.device("cpu")))
-        ctx.state["attribute_head"] = self.head
+
+    def artifacts(self) -> dict[str, nn.Module]:
+        """``attribute_head``: the FACES head trained with the model (for the attribute evaluator)."""
+        return {"attribute_head": self.head} if self.head is not None else {}
 
     def forward(self, outputs: torch.Tensor, batch: dict[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         if "attributes" not in batch:

@@ -49,7 +49,6 @@ class NViTOptions:
 class NViTImportance:
     """Hessian-aware (Fisher) saliency per unit, normalised by its cost — for global pruning."""
 
-    needs: frozenset[str] = frozenset({"data", "grad"})
 
     def __init__(self, options: NViTOptions) -> None:
         self.options = options

@@ -45,7 +45,6 @@ class TaylorOptions:
 class TaylorImportance:
     """Molchanov et al. 2019 first-order Taylor importance of each unit (higher = keep)."""
 
-    needs: frozenset[str] = frozenset({"data", "grad"})
 
     def __init__(self, options: TaylorOptions) -> None:
         self.options = options

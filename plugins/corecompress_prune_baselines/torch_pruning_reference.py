@@ -100,7 +100,6 @@ class TPMagnitudeOptions:
 class TPMagnitudeImportance:
     """Torch-Pruning's group magnitude on the dependency group of each neuron/filter group (reference)."""
 
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, options: TPMagnitudeOptions) -> None:
         self.options = options

@@ -82,7 +82,6 @@ def gate_slices(model: nn.Module, group: PrunableGroup) -> list[tuple[Slice, nn.
 class ViTSlimImportance:
     """ViT-Slim: |soft mask| per unit after an L1-budgeted search on calibration data (higher = keep)."""
 
-    needs: frozenset[str] = frozenset({"data", "grad"})
 
     def __init__(self, options: ViTSlimOptions) -> None:
         if options.search_steps < 1 or options.lr <= 0 or options.l1 < 0 or options.weight_lr < 0:
