@@ -20,7 +20,7 @@ from corecompress.pruning.physical import apply_physical
 from corecompress.pruning.plan import make_plan
 from corecompress.plugin.registry import Component
 from corecompress.testing.data import synthetic_batches
-from corecompress.testing.models import TinyCNN, TinyViT
+from corecompress.testing.stand_ins import stand_in_model
 
 
 def fake_context(seed: int = 0, num_classes: int = 5, embedding_size: int = 16, teacher: torch.nn.Module | None = None,
@@ -59,10 +59,12 @@ def _default(component: Component) -> Any:
 
 def check_importance(component: Component) -> None:
     """Scores: one finite value per unit of every group; the same twice for the same seed."""
-    for model, targets in ((TinyViT(num_outputs=5), ("channels", "heads", "neurons")), (TinyCNN(num_outputs=5), ("filters",))):
+    stand_ins = ((stand_in_model("tiny_vit", num_outputs=5), ("channels", "heads", "neurons")),
+                 (stand_in_model("tiny_cnn", num_outputs=5), ("filters",)))
+    for (model, spec), targets in stand_ins:
         torch.manual_seed(0)
         model = model.eval()
-        groups = model.prunable_groups(targets)
+        groups = spec.prunable_groups(model, targets)
         ctx = fake_context()
         first = _default(component).score(model, groups, ctx)
         second = _default(component).score(model, groups, ctx)
@@ -79,8 +81,9 @@ def check_importance(component: Component) -> None:
 def check_applier(component: Component) -> None:
     """Applying a plan keeps the model runnable (forward + backward) and drops exactly the plan's units."""
     torch.manual_seed(0)
-    model = TinyViT(num_outputs=5).eval()
-    groups = model.prunable_groups()
+    model, spec = stand_in_model("tiny_vit", num_outputs=5)
+    model = model.eval()
+    groups = spec.prunable_groups(model, ("channels", "heads", "neurons"))
     plan = make_plan({g.name: torch.rand(g.size) for g in groups}, groups, 0.5)
     masked = copy.deepcopy(model)
     apply_masks(masked, groups, plan)
