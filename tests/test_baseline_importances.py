@@ -15,7 +15,7 @@ from corecompress.pruning.groups import PrunableGroup, Slice
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.plan import make_plan
 from corecompress.testing.contracts import check_importance, fake_context
-from corecompress.testing.models import TinyCNN, TinyViT
+from corecompress_builtin.tiny_models import TinyCNN, TinyViT
 
 from corecompress_prune_baselines.nvit import NViTImportance, NViTOptions
 from corecompress_prune_baselines.objective import make_objective

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from torch import nn
 
 from corecompress.tools import measure
 from corecompress.plugin.loading import load_plugins
@@ -119,3 +121,35 @@ def test_faces_on_dlib_cnn_uses_affine_scale():
     scores = faces().score(model, groups, None)
     first = model.blocks()[0]
     assert torch.equal(scores[groups[0].name], first.conv1.scale.weight.detach().abs())
+
+
+# --- the FACES attribute head (moved here from facekit's SwinFace heads) ---------------------------
+
+def test_faces_attribute_head():
+    from corecompress_faces_pruner.api import FacesAttributeHead
+
+    torch.manual_seed(0)
+    head = FacesAttributeHead(512)
+    first, bn, _, dropout, last = head.net
+    assert (first.in_features, first.out_features, last.out_features) == (512, 1024, 40)
+    assert isinstance(bn, nn.BatchNorm1d) and dropout.p == 0.2
+    assert torch.count_nonzero(first.bias) == 0 and torch.count_nonzero(last.bias) == 0
+    assert abs(first.weight.std().item() - math.sqrt(2 / (512 + 1024))) < 0.002  # Xavier normal
+    head.eval()
+    emb = torch.randn(5, 512)
+    assert head(emb).shape == (5, 40)
+    assert torch.allclose(head(emb), head(7.0 * emb), atol=1e-5)  # input is L2-normalised
+
+
+def test_faces_head_is_the_attribute_probe_architecture():
+    """facekit's evaluator probe (AttributeHead defaults) and FacesAttributeHead: same weights for one seed."""
+    from corecompress_facekit.api import AttributeHead
+    from corecompress_faces_pruner.api import FacesAttributeHead
+
+    torch.manual_seed(3)
+    probe = AttributeHead(24)
+    torch.manual_seed(3)
+    faces_head = FacesAttributeHead(24)
+    assert isinstance(faces_head, AttributeHead)
+    a, b = probe.state_dict(), faces_head.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

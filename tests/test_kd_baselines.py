@@ -17,7 +17,7 @@ from corecompress.plugin.loading import load_plugins
 from corecompress.config.options import parse_options
 from corecompress_facekit.heads.margin import CombinedMarginHead
 from corecompress_facekit.losses import LossConfigError
-from corecompress_distill_baselines.embedding_cosine import EmbeddingCosine, EmbeddingCosineOptions
+from corecompress_faces_pruner.embedding_cosine import EmbeddingCosine, EmbeddingCosineOptions
 from corecompress_distill_baselines.feature_mse import FeatureMSE, FeatureMSEOptions
 from corecompress_distill_baselines.header_distill import ArcDistillOptions, CosDistillOptions, HeaderDistill
 from corecompress_distill_baselines.hinton import HintonKD, HintonKDOptions
@@ -202,12 +202,22 @@ def test_projector_maps_student_to_teacher_size(make) -> None:
     assert torch.equal(again.projector.weight, loss.projector.weight)   # seeded
 
 
+def test_embedding_cosine_is_registered_by_the_faces_plugin() -> None:
+    import corecompress_faces_pruner
+    from corecompress.plugin.loading import load_plugins
+
+    registry = load_plugins(autoload=False, extra=[("faces_test", corecompress_faces_pruner)]).registry
+    component = registry.get("loss", "embedding_cosine")
+    assert component.plugin == "faces_test" and component.factory is EmbeddingCosine
+
+
 def test_registered_through_the_plugin(tmp_path: Path) -> None:
     import corecompress_distill_baselines
     from corecompress.plugin.loading import load_plugins
 
     registry = load_plugins(autoload=False, extra=[("kd_test", corecompress_distill_baselines)]).registry
-    assert {"feature_mse", "arcdistill", "cosdistill", "hinton_kd", "embedding_cosine"} <= set(registry.names("loss"))
+    assert {"feature_mse", "arcdistill", "cosdistill", "hinton_kd"} <= set(registry.names("loss"))
+    assert "embedding_cosine" not in registry.names("loss")  # the FACES term: registered by faces_pruner
     cos = registry.get("loss", "cosdistill")
     loss = cos.create(cos.parse({"header": header_file(tmp_path)}, "train.objective"))
     assert loss.method == "cosdistill" and loss.m3 == 0.35

@@ -13,7 +13,7 @@ from corecompress.pruning.groups import check_groups
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.physical import GatheredLinear, apply_physical
 from corecompress.pruning.plan import keep_count
-from corecompress.testing.models import TinyCNN, TinyViT
+from corecompress_builtin.tiny_models import TinyCNN, TinyViT
 
 VIT_TARGETS = [("channels",), ("heads",), ("neurons",), ("channels", "heads", "neurons")]
 

@@ -73,7 +73,7 @@ def test_corecompress_load_refuses_pickles(tmp_path):
 
     recipe = validate_recipe({"version": 1, "model": "tiny_vit", "data": "synthetic_prototypes"},
                              load_plugins().registry)
-    from corecompress.testing.models import TinyViT
+    from corecompress_builtin.tiny_models import TinyViT
 
     spec = SimpleNamespace(input_size=(3, 16, 16))
     export_run(SimpleNamespace(recipe=recipe, model=TinyViT(), plan=None, model_spec=spec, out_dir=tmp_path),

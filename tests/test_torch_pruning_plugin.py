@@ -14,7 +14,7 @@ import torch
 from corecompress.errors import UserError
 from corecompress.plugin.loading import load_plugins
 from corecompress.testing.contracts import check_importance, fake_context
-from corecompress.testing.models import TinyCNN, TinyViT
+from corecompress_builtin.tiny_models import TinyCNN, TinyViT
 
 from corecompress_prune_baselines.torch_pruning_reference import (TPMagnitudeImportance, TPMagnitudeOptions,
                                                             torch_pruning_prune)

@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.engine.components import context_device, seeded_generator
 from corecompress_adadistill.centres import adaptive_update, gather_from_ranks
-from corecompress_facekit.heads.margin import margin_logits
-from corecompress_facekit.losses import (
-    DISTILL_DEFAULT_M, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters, seeded_generator,
-    student_embedding_size,
-)
-from corecompress_distill_baselines.projector import (
+from corecompress_distill_baselines.api import (
     check_width, make_projector, project, teacher_embedding, teacher_embedding_size,
+)
+from corecompress_facekit.api import (
+    DISTILL_DEFAULT_M, MarginOptions, as_embedding, cosine_matrix, margin_logits, margin_parameters,
+    student_embedding_size,
 )
 
 _CENTRES_SALT = 0xADA

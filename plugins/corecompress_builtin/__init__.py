@@ -1,8 +1,9 @@
 """corecompress_builtin: the built-in generic components (registered through the entry-point group).
 
-Magnitude and random importances, mask/physical appliers, learning-rate schedules, the test kit's
-tiny models and synthetic prototypes, cross-entropy, accuracy/efficiency evaluators, the Markdown
-reporter — and the hook that keeps soft masks at zero after every optimizer step.
+Magnitude and random importances, mask/physical appliers, learning-rate schedules, the tiny stand-in
+models (``tiny_vit``, ``tiny_cnn``; the test kit builds them through the registry) and synthetic
+prototypes, cross-entropy, accuracy/efficiency evaluators, the Markdown reporter — and the hook that
+keeps soft masks at zero after every optimizer step.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model adapters for the test kit's tiny models (the smoke recipe and contract tests)."""
+"""Model adapters for the tiny models of :mod:`corecompress_builtin.tiny_models` (the smoke recipe, tests)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from corecompress.pruning.groups import PrunableGroup
-from corecompress.testing.models import TinyCNN, TinyViT
+from corecompress_builtin.tiny_models import TinyCNN, TinyViT
 
 
 @dataclass
@@ -45,7 +45,7 @@ class TinyCNNOptions:
 
 
 class TinyViTAdapter:
-    """A 2-block ViT (test kit) as a prunable model: channels, heads, neurons."""
+    """A 2-block ViT as a prunable model: channels, heads, neurons."""
 
     def __init__(self, options: TinyViTOptions) -> None:
         self.options = options
@@ -61,7 +61,7 @@ class TinyViTAdapter:
 
 
 class TinyCNNAdapter:
-    """A residual CNN (test kit) as a prunable model: inner filters of each block."""
+    """A residual CNN as a prunable model: inner filters of each block."""
 
     def __init__(self, options: TinyCNNOptions) -> None:
         self.options = options

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import nn
 
-from corecompress_facekit.losses import (
-    DISTILL_DEFAULT_M, MarginObjective, MarginOptions, as_embedding, context_device, objective_options,
-    student_embedding_size,
+from corecompress.engine.components import context_device
+from corecompress_facekit.api import (
+    DISTILL_DEFAULT_M, MarginObjective, MarginOptions, as_embedding, objective_options, student_embedding_size,
 )
 from corecompress_distill_baselines.projector import (
     check_width, make_projector, project, teacher_embedding, teacher_embedding_size,

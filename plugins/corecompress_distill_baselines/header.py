@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from corecompress_facekit.losses import LossConfigError, load_header_file, orient_header
+from corecompress_facekit.api import LossConfigError, load_header_file, orient_header
 
 CLASS_MEANS = "class_means"
 
@@ -54,7 +54,7 @@ def class_mean_header(embeddings: Tensor, labels: Tensor, num_classes: int, sour
 def teacher_class_means(ctx: Any, method: str) -> Tensor:
     """The class-mean header of ``ctx.teacher`` on ``ctx.data.train()`` (module docstring)."""
     from corecompress.engine import distributed
-    from corecompress_facekit.targets import TeacherCache
+    from corecompress_facekit.api import TeacherCache
 
     teacher = getattr(ctx, "teacher", None)
     if teacher is None:

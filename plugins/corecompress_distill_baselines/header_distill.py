@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corecompress_facekit.heads.margin import margin_logits
-from corecompress_facekit.losses import (
-    DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, context_device, cosine_matrix, margin_parameters,
+from corecompress.engine.components import context_device
+from corecompress_facekit.api import (
+    DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, cosine_matrix, margin_logits, margin_parameters,
     student_embedding_size,
 )
 from corecompress_distill_baselines.header import header_needs, resolve_teacher_header

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from corecompress_facekit.losses import LossConfigError, as_embedding, probe_output_size, seeded_generator
+from corecompress.engine.components import seeded_generator
+from corecompress_facekit.api import LossConfigError, as_embedding, probe_output_size
 
 _PROJECTOR_SALT = 0x9B0C
 

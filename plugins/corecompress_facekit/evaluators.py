@@ -96,7 +96,7 @@ class AttributeProbe:
         self.options = options
 
     def evaluate(self, model: torch.nn.Module, data: Any, context: Any) -> dict[str, float]:
-        from corecompress_facekit.models.swinface_heads import FacesAttributeHead
+        from corecompress_facekit.heads.attribute import AttributeHead
 
         sets = {n: s for n, s in data.evaluation().items() if isinstance(s, AttributeSet)}
         if not sets:
@@ -116,7 +116,7 @@ class AttributeProbe:
         x_train, _ = embed(model, train, o.batch_size, False, pick)
         y_train = torch.stack([train[int(i)]["attributes"] for i in pick])
         torch.manual_seed(o.seed)
-        head = FacesAttributeHead(x_train.shape[1])
+        head = AttributeHead(x_train.shape[1])  # the FACES head's sizes (E→1024→40, dropout 0.2)
         opt = torch.optim.AdamW(head.parameters(), lr=o.probe_lr, weight_decay=0.01)
         xt = torch.from_numpy(x_train)
         with torch.enable_grad():

@@ -11,9 +11,10 @@ passes ``objective.parameters()`` to the optimizer) and saved with the objective
 ``sharded: true`` splits the head by classes across the ranks of a torchrun run (Partial FC, An et al.,
 ICCVW 2021; :mod:`corecompress_facekit.heads.partial_fc`); in a single process it is the ordinary head.
 
-Also home of the small helpers every face loss shares (distillation plugins import them):
-:class:`MarginOptions`/:func:`margin_parameters` (preset → m1, m2, m3), :func:`as_embedding`,
-:func:`student_embedding_size`, :func:`seeded_generator` and :func:`load_header_file`.
+Also home of the small helpers every face loss shares: :class:`MarginOptions`/:func:`margin_parameters`
+(preset → m1, m2, m3), :func:`as_embedding`, :func:`student_embedding_size` and :func:`load_header_file`.
+Other plugins import them from :mod:`corecompress_facekit.api`; the seeded generator and the context
+device come from the core (:mod:`corecompress.engine.components`).
 
 The lead registers the components from ``plugin.py`` through :func:`register_losses`.
 """
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from corecompress.engine import distributed
+from corecompress.engine.components import context_device, seeded_generator  # noqa: F401 - also imported from here
 from corecompress.errors import UserError
 from corecompress.weights import WeightsFileError, read_weights
 from corecompress_facekit.heads.margin import CombinedMarginHead
@@ -145,13 +147,6 @@ def student_embedding_size(ctx: Any) -> int:
     return probe_output_size(model, tuple(spec.input_size), getattr(ctx, "device", None))
 
 
-def seeded_generator(ctx: Any, salt: int) -> torch.Generator:
-    """A CPU generator seeded by the recipe seed and a per-component salt (reproducible initialisation)."""
-    recipe = getattr(ctx, "recipe", None)
-    seed = int(getattr(recipe, "seed", 0) or 0)
-    return torch.Generator().manual_seed(seed * 1_000_033 + salt)
-
-
 def cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
     """cos θ (B, K) between rows of ``embeddings`` (B, E) and ``centres`` (K, E), in float32 even under
     autocast (a bf16/fp16 cosine is too coarse for the margin), clamped to [−1, 1]."""
@@ -159,10 +154,6 @@ def cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
         a = F.normalize(embeddings.float(), dim=1)
         b = F.normalize(centres.float(), dim=1)
         return F.linear(a, b).clamp(-1.0, 1.0)
-
-
-def context_device(ctx: Any) -> torch.device:
-    return torch.device(getattr(ctx, "device", None) or "cpu")
 
 
 def load_header_file(path: str | Path) -> Tensor:

@@ -13,6 +13,9 @@ Deviations from the reference code, on purpose:
 - Besides masking (the reference), plans can be applied physically: a really smaller, faster model.
 - ``scope: global`` (one ranking over all blocks with a per-block floor) and ``branches`` are options
   the paper does not have; the defaults reproduce the paper.
+
+Retraining: the ``faces_attributes`` objective (:mod:`.attributes`, the FACES CelebA head) and the FACES
+cosine term ``embedding_cosine`` (:mod:`.embedding_cosine`). Public surface for others: :mod:`.api`.
 """
 from __future__ import annotations
 
@@ -63,10 +66,12 @@ class FacesImportance:
 
 @hookimpl
 def register_losses(register: Any) -> None:
+    from corecompress_faces_pruner import embedding_cosine
     from corecompress_faces_pruner.attributes import FacesAttributeObjective, FacesAttributeOptions
 
     register("faces_attributes", FacesAttributeObjective, FacesAttributeOptions, produces={"attribute_head"},
              description="FACES attribute head (512→1024→BN→ReLU→Dropout→40) with BCE")
+    embedding_cosine.register(register)
 
 
 @hookimpl

@@ -2,7 +2,8 @@
 
 Backbone → L2-normalised embedding → FACES head Linear(E→1024) → BatchNorm1d → ReLU → Dropout(0.2) →
 Linear(1024→40) (Xavier-normal, zero bias), BCE-with-logits on the 40 CelebA attributes (labels 0/1).
-The head is trainable together with the (pruned) backbone.
+The head is trainable together with the (pruned) backbone. :class:`FacesAttributeHead` is facekit's
+generic attribute head with these sizes, so facekit's attribute evaluator probes with the same architecture.
 """
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from corecompress.errors import UserError
+from corecompress_facekit.api import CELEBA_ATTRIBUTES, AttributeHead
+
+
+class FacesAttributeHead(AttributeHead):
+    """FACES CelebA head (spec faces.md): L2-normalise -> Linear(E->1024) -> BatchNorm1d -> ReLU ->
+    Dropout(0.2) -> Linear(1024->40); Xavier-normal weights, zero biases. Returns logits for BCE.
+
+    facekit's generic :class:`~corecompress_facekit.api.AttributeHead` with the FACES sizes as defaults.
+    """
+
+    def __init__(self, embedding_size: int = 512, num_attributes: int = len(CELEBA_ATTRIBUTES),
+                 hidden: int = 1024, dropout: float = 0.2) -> None:
+        super().__init__(embedding_size, num_attributes, hidden=hidden, dropout=dropout)
 
 
 @dataclass
@@ -31,8 +45,6 @@ class FacesAttributeObjective(nn.Module):
         self.head: nn.Module | None = None
 
     def setup(self, ctx: Any) -> None:
-        from corecompress_facekit.models.swinface_heads import FacesAttributeHead
-
         size = getattr(ctx.model_spec, "embedding_size", None)
         if size is None:
             raise UserError("retrain.objective: faces_attributes needs a model with an embedding_size")

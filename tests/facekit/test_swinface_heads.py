@@ -1,4 +1,4 @@
-"""SwinFace multi-task heads, the 42 -> 40 CelebA mapping, and the FACES attribute head."""
+"""SwinFace multi-task heads and the 42 -> 40 CelebA mapping (the FACES attribute head: tests/test_faces.py)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from torch import nn
 from corecompress_facekit.models.swinface import count_macs
 from corecompress_facekit.models.swinface_heads import (
     CELEBA_ATTRIBUTES, NUM_EXPRESSIONS, TASK_GROUPS, TASK_OUTPUTS, ChannelAttentionBranch, ChannelGate,
-    FacesAttributeHead, build_swinface_multitask, celeba_logits, celeba_output_indices, split_channels,
+    build_swinface_multitask, celeba_logits, celeba_output_indices, split_channels,
 )
 
 torch.set_num_threads(1)
@@ -115,17 +115,3 @@ def test_attention_branch_hand_computed():
     eps = branch.norm.eps
     # channel 0: max relu(0.5 * a) = 1.0; channel 1: relu(0.5 * b) is all 0
     assert torch.allclose(out, torch.tensor([[1.0 / math.sqrt(1 + eps), 0.0]]))
-
-
-def test_faces_attribute_head():
-    torch.manual_seed(0)
-    head = FacesAttributeHead(512)
-    first, bn, _, dropout, last = head.net
-    assert (first.in_features, first.out_features, last.out_features) == (512, 1024, 40)
-    assert isinstance(bn, nn.BatchNorm1d) and dropout.p == 0.2
-    assert torch.count_nonzero(first.bias) == 0 and torch.count_nonzero(last.bias) == 0
-    assert abs(first.weight.std().item() - math.sqrt(2 / (512 + 1024))) < 0.002  # Xavier normal
-    head.eval()
-    emb = torch.randn(5, 512)
-    assert head(emb).shape == (5, 40)
-    assert torch.allclose(head(emb), head(7.0 * emb), atol=1e-5)  # input is L2-normalised

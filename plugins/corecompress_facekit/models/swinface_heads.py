@@ -1,6 +1,6 @@
-"""Attribute heads for SwinFace: the FACES attribute head and the SwinFace multi-task heads.
+"""Attribute heads for SwinFace: the SwinFace multi-task heads (the FACES attribute head lives in the
+``corecompress_faces_pruner`` plugin, built from :class:`corecompress_facekit.heads.attribute.AttributeHead`).
 
-* ``FacesAttributeHead`` - the head FACES fine-tunes on CelebA (spec faces.md, "Attributes").
 * ``SwinFaceMultiTask`` - SwinFace (Qin et al., arXiv 2308.11509; spec swinface.md, "Multi-task
   heads"): per task group a multi-level channel-attention branch (``fam``), a task subnet (``tss``)
   and the 42 output linears (``om``): 40 CelebA attributes as 2-way softmaxes, age (1 regression
@@ -27,7 +27,7 @@ __all__ = [
     "CELEBA_ATTRIBUTES", "TASK_GROUPS", "TaskOutput", "TASK_OUTPUTS", "NUM_EXPRESSIONS",
     "celeba_output_indices", "celeba_logits", "split_channels", "ChannelGate",
     "ChannelAttentionBranch", "TaskSubnet", "OutputModule", "MultiTaskOutput", "SwinFaceMultiTask",
-    "build_swinface_multitask", "FacesAttributeHead",
+    "build_swinface_multitask",
 ]
 
 from corecompress_facekit.celeba import CELEBA_ATTRIBUTES  # noqa: E402 - one definition for the plugin
@@ -200,19 +200,3 @@ def build_swinface_multitask(preset_or_config: str | SwinFaceConfig = "swin_t", 
     backbone = SwinFaceBackbone(resolve_config(preset_or_config, **overrides))
     return SwinFaceMultiTask(backbone, attention_channels)
 
-
-class FacesAttributeHead(nn.Module):
-    """FACES CelebA head (spec faces.md): L2-normalise -> Linear(E->1024) -> BatchNorm1d -> ReLU ->
-    Dropout(0.2) -> Linear(1024->40); Xavier-normal weights, zero biases. Returns logits for BCE."""
-
-    def __init__(self, embedding_size: int = 512, num_attributes: int = len(CELEBA_ATTRIBUTES),
-                 hidden: int = 1024, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(embedding_size, hidden), nn.BatchNorm1d(hidden),
-                                 nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_attributes))
-        for layer in (self.net[0], self.net[4]):
-            nn.init.xavier_normal_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.net(F.normalize(embedding, dim=1))

@@ -1,4 +1,5 @@
-"""Tiny stand-in models (seconds on CPU) with the structure real models have.
+"""Tiny stand-in models (seconds on CPU) with the structure real models have: the ``tiny_vit`` and
+``tiny_cnn`` model components (:mod:`corecompress_builtin.models`), and what the test kit builds through them.
 
 - :class:`TinyViT`: a 2-block pre-norm ViT whose attention reads sizes from tensors and
   ``num_heads`` (so channel, head and neuron pruning all apply), like timm's blocks.

@@ -8,6 +8,8 @@ weights are really loaded (the runner's ``teacher:`` section; the loss refuses t
 teacher embeddings). The margin head is trainable and sits on the student's own embedding; the
 cosine term compares the (projected, with ``projector: true``) student embedding with the teacher's.
 The spec gives no value of λ; the default 0.5 weighs both terms equally — tune it.
+Registered by the faces_pruner plugin; margin objective and projector come from the facekit and
+distill_baselines plugins' ``api`` modules.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import nn
 
-from corecompress_facekit.losses import (
-    MARGIN_DEFAULT_M, MarginObjective, MarginObjectiveOptions, as_embedding, context_device,
-    objective_options, student_embedding_size,
-)
-from corecompress_distill_baselines.projector import (
+from corecompress.engine.components import context_device
+from corecompress_distill_baselines.api import (
     check_width, make_projector, project, teacher_embedding, teacher_embedding_size,
+)
+from corecompress_facekit.api import (
+    MARGIN_DEFAULT_M, MarginObjective, MarginObjectiveOptions, as_embedding, objective_options,
+    student_embedding_size,
 )
 
 
