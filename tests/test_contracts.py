@@ -195,3 +195,12 @@ def test_check_by_name_and_a_clear_error_for_an_instance():
     assert contracts.check("schedule/cosine").name == "cosine"
     with pytest.raises(TypeError, match="not a _Drifting instance"):
         contracts.check(_Drifting())
+
+
+def test_a_component_without_its_protocol_is_named():
+    class NoScore:
+        def rank(self, model, groups, context):
+            return {}
+
+    with pytest.raises(AssertionError, match=r"importance broken: does not provide the Importance protocol"):
+        contracts.check(_component("importance", NoScore))

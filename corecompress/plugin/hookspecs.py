@@ -4,86 +4,82 @@ Every hook is a pluggy hook specification. A plugin module implements any subset
 ``@corecompress.hookimpl`` and is found through the ``corecompress`` entry-point group; the
 built-in plugins (FACES, AdaDistill, face models, ...) use exactly the same path.
 
-Registration hooks receive a ``register(name, factory, options=OptionsDataclass, *, description="",
-needs=())`` callback. ``factory(options)`` is called with the validated options instance (or with no
-argument when ``options`` is None) and returns the component. Recipes choose components by name.
+Registration hooks receive a ``register`` callback
+(:class:`corecompress.plugin.protocols.Register`): ``register(name, factory, options=OptionsDataclass,
+*, description="", needs=(), produces=())``. ``factory(options)`` is called with the validated options
+instance (or with no argument when ``options`` is None) and returns the component. Recipes choose
+components by name. ``needs`` — what the component needs from the run: ``"teacher"``, ``"data"``
+(calibration batches), ``"grad"``, or ``"artifact:NAME"`` (something another component produces), or a
+function of the parsed options returning them — is declared here and nowhere else; ``produces`` names the
+artifacts it hands to others (see :mod:`corecompress.engine.artifacts`).
 
 An implementation may accept fewer arguments than its specification, so new arguments can be
 added to a hook later without breaking plugins (pluggy's rule); arguments are never removed.
 
-Component protocols (each at most three required methods):
-
-- model: ``build() -> nn.Module``; ``prunable_groups(model, targets) -> list[PrunableGroup]``;
-  attribute ``input_size`` (C, H, W). Optional: ``embedding_size``, ``load_weights(model, path)``.
-- dataset: ``train() -> Dataset`` of dict samples (``image``, ``label``, optional ``attributes``);
-  ``evaluation() -> dict[str, Any]`` of named evaluation sets; attribute ``num_classes``.
-- importance: ``score(model, groups, context) -> dict[group name, Tensor]`` (higher = keep);
-  attribute ``needs`` ⊆ {"data", "grad"} (also given at registration).
-- applier: ``apply(model, groups, plan, context) -> nn.Module`` (the model to train from now on).
-- schedule: ``__call__(step, total_steps) -> float`` — a pure function of the step.
-- loss: an ``nn.Module`` whose ``forward(outputs, batch, teacher_outputs=None)`` returns a dict with a
-  ``"loss"`` tensor and named float/tensor parts for logging; ``setup(context)`` before training.
-- target: ``prepare(teacher, dataset, context)``; ``__call__(batch) -> Tensor`` teacher targets.
-- evaluator: ``evaluate(model, data, context) -> dict[str, float]``.
-- reporter: ``write(run) -> None`` writes human-readable output into the run directory.
+What each kind of component must provide is a :class:`typing.Protocol` in
+:mod:`corecompress.plugin.protocols` (ModelAdapter, Dataset, Importance, Applier, Schedule, Loss,
+Target, Evaluator, Reporter); :mod:`corecompress.testing.contracts` checks a component against it.
+Implement hooks with ``@corecompress.hookimpl`` (``from corecompress import hookimpl``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from corecompress.plugin.protocols import (
+        Applier, Dataset, Evaluator, Importance, Loss, ModelAdapter, Register, Reporter, Schedule, Target,
+    )
 
 PROJECT = "corecompress"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[..., None]
-
-
 # --- registration (fired once, when the plugins are loaded) -------------------------------------
 
 @hookspec
-def register_models(register: Register) -> None:
+def register_models(register: Register[ModelAdapter]) -> None:
     """Register model adapters (build a model, expose its prunable groups, own architecture fix-ups)."""
 
 
 @hookspec
-def register_datasets(register: Register) -> None:
+def register_datasets(register: Register[Dataset]) -> None:
     """Register datasets (training data and named evaluation sets)."""
 
 
 @hookspec
-def register_importances(register: Register) -> None:
+def register_importances(register: Register[Importance]) -> None:
     """Register importance criteria that score the units of prunable groups (higher = more important)."""
 
 
 @hookspec
-def register_appliers(register: Register) -> None:
+def register_appliers(register: Register[Applier]) -> None:
     """Register plan appliers: soft masking and physical removal of what a pruning plan drops."""
 
 
 @hookspec
-def register_schedules(register: Register) -> None:
+def register_schedules(register: Register[Schedule]) -> None:
     """Register schedules: pure functions of the step for learning rate, sparsity and loss weights."""
 
 
 @hookspec
-def register_losses(register: Register) -> None:
+def register_losses(register: Register[Loss]) -> None:
     """Register training objectives and distillation losses (margin heads, AdaDistill, KD, ...)."""
 
 
 @hookspec
-def register_targets(register: Register) -> None:
+def register_targets(register: Register[Target]) -> None:
     """Register distillation targets: what the teacher provides to a loss (live or cached embeddings)."""
 
 
 @hookspec
-def register_evaluators(register: Register) -> None:
+def register_evaluators(register: Register[Evaluator]) -> None:
     """Register evaluators that turn a model and data into named metrics."""
 
 
 @hookspec
-def register_reporters(register: Register) -> None:
+def register_reporters(register: Register[Reporter]) -> None:
     """Register reporters that write human-readable results of a run."""
 
 

@@ -24,6 +24,7 @@ import torch
 
 from corecompress.engine.artifacts import ArtifactStore, objective_artifacts
 from corecompress.errors import UserError
+from corecompress.plugin.protocols import PROTOCOLS
 from corecompress.plugin.registry import Component, Registry, needed_artifacts
 from corecompress.pruning.groups import check_groups
 from corecompress.pruning.masking import apply_masks
@@ -113,7 +114,14 @@ def _build(component: Component, options: dict[str, Any] | None) -> tuple[Any, A
         raise AssertionError(f"{component.kind} {component.name}: cannot be built from "
                              f"{'its defaults' if not options else 'the given options'} ({exc}); "
                              "pass options= to the check") from None
-    return component.create(parsed), parsed
+    instance = component.create(parsed)
+    protocol = PROTOCOLS[component.kind]
+    if not isinstance(instance, protocol):
+        missing = [m for m in protocol.__protocol_attrs__ if not hasattr(instance, m)] \
+            if hasattr(protocol, "__protocol_attrs__") else []
+        raise AssertionError(f"{component.kind} {component.name}: does not provide the {protocol.__name__} protocol"
+                             + (f" (missing: {', '.join(sorted(missing))})" if missing else ""))
+    return instance, parsed
 
 
 def _model(registry: Registry, name: str, options: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
@@ -193,7 +201,8 @@ def check_applier(component: Component, options: dict[str, Any] | None = None,
     x = torch.randn(2, *spec.input_size)
     y = out_model(x)
     y.sum().backward()
-    expected = masked(x)
+    with torch.no_grad():
+        expected = masked(x)
     err = float((y.detach() - expected).norm() / expected.norm())
     assert err <= 1e-5, f"applier {component.name}: output differs from the masked model (rel. err {err:.2e})"
     return Checked("applier", component.name, f"{len(groups)} groups applied")
