@@ -6,7 +6,9 @@ refuses a pickle that would run code or build objects other than tensors. Failur
 """
 from __future__ import annotations
 
+import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,23 @@ def unwrap_state_dict(content: Any, wrappers: tuple[str, ...] = ("state_dict",))
         if isinstance(content, dict) and isinstance(content.get(wrapper), dict):
             content = content[wrapper]
     return content
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def write_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, except that a failing write (a full disk, a vanished folder) is the
+    ``OSError`` it is — safetensors reports it as its own ``SafetensorError`` ("... (os error 28)"), which
+    would escape every ``except OSError`` that keeps the previous checkpoint and exits with one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        number = int(found.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from exc

@@ -113,15 +113,15 @@ def test_nan_loss_skip_skips_only_those_steps(cli, tmp_path, with_nan_plugin):
 
 
 def test_disk_full_while_checkpointing_keeps_previous_and_exits_1(cli, tmp_path, monkeypatch):
-    real_save = checkpoint.save_file
+    real_save = checkpoint.write_tensors
 
     def full_disk(tensors, filename, metadata=None):
-        if ".train-step0000010.tmp" in filename and filename.endswith("model.safetensors"):
+        if ".train-step0000010.tmp" in str(filename) and str(filename).endswith("model.safetensors"):
             Path(filename).write_bytes(b"\0" * 100)  # a partial write, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    monkeypatch.setattr(checkpoint, "write_tensors", full_disk)
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path, RECIPE)
     code, _out, err = cli("run", recipe, "--out", out)
@@ -133,7 +133,7 @@ def test_disk_full_while_checkpointing_keeps_previous_and_exits_1(cli, tmp_path,
     verify_checkpoint(out / "checkpoints" / "train-step0000005")
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
 
-    monkeypatch.setattr(checkpoint, "save_file", real_save)  # space freed: the run continues
+    monkeypatch.setattr(checkpoint, "write_tensors", real_save)  # space freed: the run continues
     code, _out, err = cli("run", "--resume", out)
     assert code == 0, err
     assert "train: resumed at step 5 of 20" in (out / "log.txt").read_text()

@@ -181,3 +181,28 @@ def test_audit_catches_unsafe_calls(tmp_path):
     assert [p.split(" ", 1)[1] for p in problems] == [
         "torch.load without weights_only=True", "torch.load without weights_only=True", "pickle.loads",
         "yaml.load", "numpy.load(allow_pickle=True)"]
+
+
+def test_a_failing_safetensors_write_is_the_os_error_it_is(tmp_path, monkeypatch):
+    """safetensors reports ENOSPC as SafetensorError; write_tensors makes it the OSError every caller handles."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from corecompress.weights import write_tensors
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError) as caught:
+        write_tensors({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "x.safetensors")
+
+    def other(tensors, filename, metadata=None):
+        raise SafetensorError("tensor is not contiguous")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", other)
+    with pytest.raises(SafetensorError, match="not contiguous"):  # not an OS error: unchanged
+        write_tensors({"w": torch.zeros(1)}, tmp_path / "x.safetensors")

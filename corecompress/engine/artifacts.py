@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
+from corecompress.weights import write_tensors
 from torch import nn
 
 from corecompress.errors import UserError
@@ -50,7 +50,7 @@ class ArtifactStore:
         artifact = Artifact(name, value, phase, producer)
         self.by_phase.setdefault(name, {})[phase] = artifact
         if write and self.folder is not None:
-            save_file(artifact.tensors(), str(self.folder / f"{name}.safetensors"),
+            write_tensors(artifact.tensors(), self.folder / f"{name}.safetensors",
                       metadata={"phase": phase, "producer": producer})
         return artifact
 

@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from corecompress.errors import UserError
 from corecompress.engine.rundir import atomic_write_bytes
+from corecompress.weights import write_tensors
 
 CHECKPOINT_FORMAT = "corecompress-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -150,7 +151,7 @@ def _fsync(path: Path) -> None:
 def _save_tree(folder: Path, part: str, obj: Any) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = encode_tree(obj, tensors)
-    save_file(tensors, str(folder / f"{part}.safetensors"))
+    write_tensors(tensors, folder / f"{part}.safetensors")
     (folder / f"{part}.json").write_text(json.dumps(tree))
 
 
@@ -172,11 +173,11 @@ def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective:
         for stale in root.glob(".*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        save_file(_tensors(model), str(tmp / "model.safetensors"))
+        write_tensors(_tensors(model), tmp / "model.safetensors")
         if objective is not None:
             tensors = _tensors(objective)
             if tensors:
-                save_file(tensors, str(tmp / "objective.safetensors"))
+                write_tensors(tensors, tmp / "objective.safetensors")
         if optimizer is not None:
             _save_tree(tmp, "optimizer", optimizer.state_dict())
         if rng is not None:
@@ -184,7 +185,7 @@ def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective:
         for rank, state in enumerate(rank_rngs or [], start=1):
             _save_tree(tmp, rank_rng_part(rank), state)
         if masks:
-            save_file({k: v.detach().cpu().contiguous() for k, v in masks.items()}, str(tmp / "masks.safetensors"))
+            write_tensors({k: v.detach().cpu().contiguous() for k, v in masks.items()}, tmp / "masks.safetensors")
         (tmp / "info.json").write_text(json.dumps(info, indent=1, default=str))
         files = {}
         for f in sorted(tmp.iterdir()):

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from corecompress.weights import write_tensors
 from torch.utils.data import DataLoader
 
 from corecompress.engine import distributed, row_shards
@@ -372,7 +372,7 @@ def _dump_state(folder: Path, phase: str, model: torch.nn.Module, objective: tor
     tensors.update({f"masks.{k}": v for k, v in (masks or {}).items()})
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{phase}.rank{distributed.rank()}.safetensors"
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+    write_tensors({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, path)
     return path
 
 

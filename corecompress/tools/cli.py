@@ -216,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # not the user's recipe: disk full, permissions, a vanished file system
+        if os.environ.get("CORECOMPRESS_DEBUG_TRACEBACK"):
+            import traceback
+            traceback.print_exc()
         _print_error(_os_error_line(exc), exc)
         return EXIT_FAILURE
 

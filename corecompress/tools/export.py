@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from corecompress.weights import write_tensors
 
 from corecompress.errors import UserError
 from corecompress.engine.rundir import write_json
@@ -55,7 +55,7 @@ def save_weights(model: torch.nn.Module, path: Path, arch: dict[str, Any] | None
     """The model's state as safetensors; ``arch`` goes into the file's metadata, so the one file reloads."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {ARCH_METADATA_KEY: json.dumps(arch)} if arch is not None else None
-    save_file(tensors, str(path), metadata=metadata)
+    write_tensors(tensors, path, metadata=metadata)
     return path
 
 

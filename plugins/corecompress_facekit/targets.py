@@ -151,11 +151,11 @@ class TeacherCache:
         return torch.cat(plain).contiguous(), torch.cat(flipped).contiguous()
 
     def _write(self, directory: Path, path: Path, dataset: Any, ctx: Any) -> None:
-        from safetensors.torch import save_file
+        from corecompress.weights import write_tensors
 
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"plain": self.plain, "flipped": self.flipped}, str(tmp),
+        write_tensors({"plain": self.plain, "flipped": self.flipped}, tmp,
                   metadata={"format": CACHE_FORMAT, "dataset": dataset_identity(dataset, ctx)[:2000]})
         os.replace(tmp, path)
 
