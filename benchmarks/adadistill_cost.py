@@ -15,17 +15,18 @@ import time
 from types import SimpleNamespace
 
 import torch
+from cli_args import count
 
 from corecompress.plugin.loading import load_plugins
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--classes", type=int, default=10_000)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--classes", type=count(2), default=10_000)
+    ap.add_argument("--batch", type=count(2), default=128, help="at least 2 (the embedding's batch norm trains)")
+    ap.add_argument("--steps", type=count(1), default=20)
+    ap.add_argument("--repeats", type=count(1), default=5)
+    ap.add_argument("--threads", type=count(1), default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = load_plugins().registry

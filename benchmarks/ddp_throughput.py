@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
+from cli_args import count
 
 RECIPE = {"version": 1, "name": "ddp_bench", "seed": 0, "threads": 1,
           "model": {"name": "tiny_vit", "img_size": 32, "dim": 96, "depth": 4, "num_heads": 4, "num_outputs": 20},
@@ -85,12 +86,17 @@ def measure(setup: str, nproc: int, recipe: Path, work: Path, warmup: int) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--nproc", type=int, default=2)
+    batch = RECIPE["train"]["batch_size"]
+    parser.add_argument("--steps", type=count(2), default=40, help="at least --warmup + 2")
+    parser.add_argument("--warmup", type=count(0), default=5, help="timed steps dropped")
+    parser.add_argument("--repeats", type=count(1), default=3)
+    parser.add_argument("--nproc", type=count(2, batch), default=2,
+                        help=f"processes of the DDP set-up (2 to {batch}, the global batch)")
     parser.add_argument("--worker", nargs=3, metavar=("RECIPE", "OUT", "TIMINGS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.worker and args.steps < args.warmup + 2:
+        parser.error(f"--steps {args.steps} leaves no timed step after --warmup {args.warmup} "
+                     f"(need steps >= warmup + 2)")
     if args.worker:
         raise SystemExit(worker(*(Path(p) for p in args.worker)))
     setups = ["1p×1t", "1p×Nt", "Np×1t"]
@@ -103,7 +109,6 @@ def main() -> None:
             order = setups if round_ % 2 == 0 else setups[::-1]
             for setup in order:
                 results[setup].append(measure(setup, args.nproc, recipe, work, args.warmup))
-    batch = RECIPE["train"]["batch_size"]
     median = {s: statistics.median(v) for s, v in results.items()}
     print(f"# DDP throughput ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"nproc={args.nproc}, global batch {batch}, {args.steps} steps, {args.warmup} warm-up, "

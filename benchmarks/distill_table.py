@@ -8,12 +8,14 @@ Per method, mean ± sample std over seeds of the held-out verification accuracy,
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
+
+from cli_args import directory
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "after/verification/synthetic_"
@@ -38,7 +40,15 @@ def fmt(values: list[float], scale: float, digits: int) -> str:
 
 
 def main() -> None:
-    dirs = [Path(a) for a in sys.argv[1:]] or [ROOT / "runs" / "bench" / "distill_a", ROOT / "runs" / "bench" / "distill_b"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="*", type=directory, metavar="COMPARISON_DIR",
+                        help="output folders of `corecompress compare` (default: runs/bench/distill_a and distill_b)")
+    args = parser.parse_args()
+    dirs = args.dirs or [ROOT / "runs" / "bench" / "distill_a", ROOT / "runs" / "bench" / "distill_b"]
+    missing = [str(d / "results.csv") for d in dirs if not (d / "results.csv").is_file()]
+    if missing:
+        parser.error(f"missing {', '.join(missing)}; run the comparisons first: corecompress compare "
+                     f"recipes/bench/distill_a.yaml --out runs/bench/distill_a (and distill_b)")
     cells: dict[str, list[dict[str, str]]] = {}
     for d in dirs:
         with (d / "results.csv").open() as f:

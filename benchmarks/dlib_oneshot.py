@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cli_args import count, data_folder, float_list, name_list
 
 from corecompress.tools import measure
 from corecompress.plugin.loading import load_plugins
@@ -27,6 +28,7 @@ from corecompress.pruning.physical import apply_physical
 from corecompress.testing.contracts import fake_context
 
 SEEDED = {"random"}
+DATA = ("olivetti/olivettifaces.mat", "face-api-resnet")  # under --data
 GLOBAL = {"nvit"}  # NViT ranks all blocks together with one threshold (per-block floor 10 %)
 
 
@@ -52,25 +54,27 @@ def evaluate(model, x, labels):
 
 
 def main() -> None:
+    reg = load_plugins().registry
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    ap.add_argument("--criteria", default="faces,l1,l2,random,taylor,nvit,vit_slim,tp_magnitude")
-    ap.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds for the random criterion")
-    ap.add_argument("--threads", type=int, default=2)
+    # string defaults go through type= too, so a missing default data folder is the same one-line error
+    ap.add_argument("--data", type=data_folder(*DATA), default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    help=f"folder holding {' and '.join(DATA)}")
+    ap.add_argument("--criteria", type=name_list(reg.names("importance")),
+                    default="faces,l1,l2,random,taylor,nvit,vit_slim,tp_magnitude", help="registered importance names")
+    ap.add_argument("--sparsities", type=float_list(0.0, 1.0, high_open=True), default="0.1,0.2,0.3,0.4,0.5",
+                    help="comma-separated, each in [0, 1)")
+    ap.add_argument("--seeds", type=count(1), default=3, help="seeds for the random criterion")
+    ap.add_argument("--threads", type=count(1), default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from corecompress_facekit.data.formats.olivetti import load_olivetti
     from corecompress_facekit.models.dlib_resnet import preprocess_grey64
 
-    mat, weights = args.data / "olivetti" / "olivettifaces.mat", args.data / "face-api-resnet"
-    if not mat.exists() or not weights.exists():
-        raise SystemExit(f"missing real data: {mat} or {weights}")
+    mat, weights = (args.data / entry for entry in DATA)
     images, labels = load_olivetti(mat)
     x = preprocess_grey64(images)
     held = labels >= 30
     x_eval, y_eval = x[held], labels[held]
-    reg = load_plugins().registry
     comp = reg.get("model", "dlib_resnet")
     spec = comp.create(comp.parse({"weights": str(weights)}, "model"))
     dense = spec.build().eval()
@@ -84,7 +88,7 @@ def main() -> None:
           f" {measure.count_macs(dense, (3, 150, 150)) / 1e6:.1f} M MACs (held-out identities 30-39)")
     print("| criterion | sparsity | params | MACs | AUC | verification acc. % | scoring s |")
     print("|---|---|---|---|---|---|---|")
-    for name in args.criteria.split(","):
+    for name in args.criteria:
         icomp = reg.get("importance", name)
         seeds = range(args.seeds) if name in SEEDED else [0]
         scored = []  # scores do not depend on the sparsity: score once per seed
@@ -94,7 +98,7 @@ def main() -> None:
             start = time.perf_counter()
             scores = importance.score(dense, groups, ctx)
             scored.append((scores, time.perf_counter() - start))
-        for s in [float(v) for v in args.sparsities.split(",")]:
+        for s in args.sparsities:
             rows = []
             for scores, took in scored:
                 scope = "global" if name in GLOBAL else "local"

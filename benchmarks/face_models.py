@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cli_args import count, directory
 
 from corecompress.tools import measure
 
@@ -55,8 +56,9 @@ def dlib_olivetti(data: Path, threads: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--threads", type=count(1), default=2)
+    # a --data given must exist; the default (a Path, so type= does not check it) may be absent: dlib is skipped
+    ap.add_argument("--data", type=directory, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.machine()} {platform.processor()}, torch {torch.__version__}, {args.threads} threads")

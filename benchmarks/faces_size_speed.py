@@ -12,6 +12,7 @@ import platform
 import time
 
 import torch
+from cli_args import count, repeats
 
 from corecompress.tools import measure
 from corecompress.plugin.loading import load_plugins
@@ -22,9 +23,9 @@ from corecompress.pruning.physical import apply_physical
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=count(1), default=2)
+    ap.add_argument("--batch", type=count(1), default=32)
+    ap.add_argument("--repeats", type=repeats, default=10)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = load_plugins().registry

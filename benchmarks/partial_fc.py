@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from cli_args import count
 
 from corecompress.engine import distributed, row_shards
 from corecompress.engine.training import StudentWithObjective
@@ -58,13 +59,18 @@ def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=64, help="global batch")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--classes", type=count(2), default=100_000)
+    parser.add_argument("--dim", type=count(1), default=512)
+    parser.add_argument("--batch", type=count(1), default=64, help="global batch (at least one row per process)")
+    parser.add_argument("--steps", type=count(1), default=5)
+    parser.add_argument("--warmup", type=count(0), default=2)
+    parser.add_argument("--rounds", type=count(1), default=3)
     args = parser.parse_args()
+    world_env = os.environ.get("WORLD_SIZE", "1")  # torchrun's; a malformed value is init_from_env's error
+    procs = int(world_env) if world_env.isdigit() else 1
+    if args.batch < procs or args.classes < procs:
+        parser.error(f"--batch {args.batch} and --classes {args.classes} must each be >= the {procs} processes "
+                     f"(every process gets batch rows and head rows)")
     torch.set_num_threads(1)
     os.environ.setdefault(distributed.ENV_BACKEND, "gloo")
     distributed.init_from_env()

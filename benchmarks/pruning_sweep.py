@@ -26,6 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cli_args
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,20 +116,27 @@ def table(letters: list[str], speed: dict[Path, float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="abcdefg", help="which comparisons (letters a..g)")
-    ap.add_argument("--jobs", type=int, default=1, help="comparisons at a time")
+    ap.add_argument("--only", type=cli_args.letters("".join(SWEEPS)), default="".join(SWEEPS),
+                    help=f"which comparisons (letters {min(SWEEPS)}..{max(SWEEPS)})")
+    ap.add_argument("--jobs", type=cli_args.count(1), default=1, help="comparisons at a time")
     ap.add_argument("--skip-runs", action="store_true", help="only collect and measure what already ran")
-    ap.add_argument("--threads", type=int, default=2, help="threads for the speed measurement")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=cli_args.count(1), default=2, help="threads for the speed measurement")
+    ap.add_argument("--batch", type=cli_args.count(1), default=32)
+    ap.add_argument("--repeats", type=cli_args.repeats, default=10)
     ap.add_argument("--update-benchmarks", action="store_true", help="replace the marked block in BENCHMARKS.md")
     args = ap.parse_args()
-    letters = [c for c in args.only if c in SWEEPS]
+    letters: list[str] = args.only
     if not (ROOT / "runs" / "bench" / "teacher" / "model.safetensors").is_file():
-        sys.exit("error: runs/bench/teacher is missing; run recipes/bench/teacher_swinface_nano.yaml first (see above)")
+        ap.error("runs/bench/teacher is missing; first run: corecompress run recipes/bench/teacher_swinface_nano.yaml "
+                 "--out runs/bench/teacher")
+    bench = ROOT / "BENCHMARKS.md"
+    if args.update_benchmarks and not (bench.is_file() and BEGIN in (content := bench.read_text()) and END in content):
+        ap.error(f"BENCHMARKS.md has no {BEGIN} … {END} block to replace")
     if not args.skip_runs:
         run_comparisons(letters, args.jobs)
     runs = [ROOT / "runs" / "bench" / f"faces_sweep_{x}" / r["run_dir"] for x in letters for r in read_rows(x)]
+    if not runs:
+        ap.error(f"no complete runs under runs/bench/faces_sweep_[{''.join(letters)}]; run without --skip-runs")
     speed, dense_rates = measure_speed(runs, args.threads, args.batch, args.repeats)
     note = (f"Measured {datetime.date.today()} on {platform.machine()}, torch {torch.__version__}; "
             f"speed: {args.threads} thread(s), batch {args.batch}, "
@@ -138,7 +146,6 @@ def main() -> None:
     text = f"{table(letters, speed)}\n\n{note}"
     print(text)
     if args.update_benchmarks:
-        bench = ROOT / "BENCHMARKS.md"
         content = bench.read_text()
         if BEGIN not in content or END not in content:
             sys.exit(f"error: BENCHMARKS.md has no {BEGIN} … {END} block to replace")

@@ -28,14 +28,18 @@ import time
 from pathlib import Path
 
 import yaml
+from cli_args import count
+
+STEPS, CHECKPOINT_EVERY, HEADS = 20, 5, 4
 
 
 def recipe(dim: int, depth: int, threads: int) -> dict:
     return {"version": 1, "name": "resume_bench", "seed": 0, "threads": threads,
-            "model": {"name": "tiny_vit", "img_size": 32, "dim": dim, "depth": depth, "num_heads": 4,
+            "model": {"name": "tiny_vit", "img_size": 32, "dim": dim, "depth": depth, "num_heads": HEADS,
                       "num_outputs": 20},
             "data": {"name": "synthetic_prototypes", "num_classes": 20, "train_per_class": 16, "img_size": 32},
-            "train": {"steps": 20, "batch_size": 16, "lr": 1e-3, "checkpoint_every": 5, "log_every": 1000},
+            "train": {"steps": STEPS, "batch_size": 16, "lr": 1e-3, "checkpoint_every": CHECKPOINT_EVERY,
+                      "log_every": 1000},
             "evaluate": [], "export": None, "report": []}
 
 
@@ -80,15 +84,23 @@ def timed(stamp: Path, crash_at: int, args: list[str], threads: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--crash-at", type=int, default=10)
+    parser.add_argument("--repeats", type=count(1), default=5)
+    parser.add_argument("--dim", type=count(HEADS), default=384, help=f"a multiple of {HEADS} (the heads)")
+    parser.add_argument("--depth", type=count(1), default=4)
+    parser.add_argument("--threads", type=count(1), default=1)
+    # the kill comes right after that step's optimizer step, before its checkpoint: the first checkpoint
+    # (step CHECKPOINT_EVERY) must already be on disk
+    parser.add_argument("--crash-at", type=count(CHECKPOINT_EVERY + 1, STEPS), default=10,
+                        help=f"step of the interruption, {CHECKPOINT_EVERY + 1} to {STEPS} "
+                             f"(after the first checkpoint, at step {CHECKPOINT_EVERY})")
     parser.add_argument("--child", nargs=2, metavar=("STAMP", "CRASH_AT"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
         raise SystemExit(child(Path(args.child[0]), int(args.child[1]), rest))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.dim % HEADS:
+        parser.error(f"--dim {args.dim} must be a multiple of {HEADS} (the ViT's heads)")
     fresh, resumed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

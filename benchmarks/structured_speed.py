@@ -15,6 +15,7 @@ import platform
 import warnings
 
 import torch
+from cli_args import count, fraction, repeats
 
 from corecompress.tools import measure
 from corecompress.plugin.loading import load_plugins
@@ -32,10 +33,10 @@ def prune_ours(spec, dense, scores_by_name, sparsity):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense parameters to keep")
+    ap.add_argument("--threads", type=count(1), default=2)
+    ap.add_argument("--batch", type=count(1), default=32)
+    ap.add_argument("--repeats", type=repeats, default=10)
+    ap.add_argument("--target", type=fraction, default=0.5, help="fraction of the dense parameters to keep, in (0, 1]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # Torch-Pruning warns once per trace that Swin's relative-position tables are "unwrapped parameters"

@@ -21,6 +21,7 @@ import argparse
 import time
 
 import numpy as np
+from cli_args import count, number
 
 from corecompress_facekit.data.synthetic import SyntheticFaceConfig, SyntheticFaces
 
@@ -114,16 +115,16 @@ def cnn_embeddings(body, images: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--difficulty", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=64, help="image side used for both measurements")
-    parser.add_argument("--train-identities", type=int, default=100)
-    parser.add_argument("--train-images", type=int, default=30, help="images per training identity")
-    parser.add_argument("--test-identities", type=int, default=200)
-    parser.add_argument("--test-images", type=int, default=10)
-    parser.add_argument("--pairs", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--difficulty", type=number(0.0), default=1.0, help=">= 0 (0 = clean frontal faces)")
+    parser.add_argument("--size", type=count(32), default=64, help="image side used for both measurements (>= 32)")
+    parser.add_argument("--train-identities", type=count(2), default=100)
+    parser.add_argument("--train-images", type=count(1), default=30, help="images per training identity")
+    parser.add_argument("--test-identities", type=count(2), default=200)
+    parser.add_argument("--test-images", type=count(2), default=10, help="images per held-out identity")
+    parser.add_argument("--pairs", type=count(2), default=3000, help="verification pairs (half same, half different)")
+    parser.add_argument("--epochs", type=count(1), default=12)
+    parser.add_argument("--threads", type=count(1), default=1)
+    parser.add_argument("--seed", type=count(0), default=0)
     parser.add_argument("--skip-cnn", action="store_true")
     args = parser.parse_args()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cli_args import count
 
 from corecompress.plugin.loading import load_plugins
 from corecompress.config.recipe import validate_recipe
@@ -64,9 +65,9 @@ def hand_loop(model: torch.nn.Module, dataset, steps: int, batch_size: int, seed
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=count(1), default=60)
+    ap.add_argument("--repeats", type=count(1), default=7)
+    ap.add_argument("--threads", type=count(1), default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RECIPE["train"]["steps"] = args.steps
