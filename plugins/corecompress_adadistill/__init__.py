@@ -1,7 +1,7 @@
 """corecompress_adadistill: AdaDistill (Boutros et al., ECCV 2024) as a loss component ``adadistill``.
 
 :mod:`.centres` holds the ordered, rank-synchronised centre update; :mod:`.loss` the loss module
-and its options. Implemented from the project's spec (adadistill.md), not from the authors' code.
+and its options. Implemented from the paper's description, not from the authors' code (licensed CC BY-NC-SA).
 """
 from __future__ import annotations
 

@@ -3,14 +3,14 @@
 Layout: ``centres`` is K × d (one row per class, like ``nn.Linear`` and the margin heads); the paper's
 W ∈ R^{d×K} is its transpose. Rows are stored un-normalised; cosines normalise on the fly.
 
-Per sample i (f_s, f_t L2-normalised; spec adadistill.md, "Exact algorithm", step 2):
+Per sample i (f_s, f_t L2-normalised; the paper's centre update, done under no_grad):
     c_i  = clamp(cos(f_s,i, f_t,i), −1, 1)
     λ_i  = clamp(cos(W[y_i], f_t,i), 1e-6, 1)
     α′_i = clamp(c_i·λ_i, 1e-6, 1)            ("weighted", Eq. 8, the default)
     α_i  = clamp(c_i, 0, 1)                   ("plain", Eq. 7)
     W[y_i] ← α_i·W[y_i] + (1 − α_i)·f_t,i
 
-Deviations from the reference code (on purpose, see the spec's "Defects"):
+Deviations from the reference implementation (on purpose; each is a defect there):
 - duplicate labels in one batch: the reference writes all rows at once, so one write wins, in an
   order undefined on GPU. Here the updates of a class's samples are applied sequentially in batch
   order — the second sample's λ sees the centre already moved by the first. Vectorised over the

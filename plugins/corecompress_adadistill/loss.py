@@ -1,5 +1,5 @@
 """``adadistill``: adaptive knowledge distillation inside the margin softmax (Boutros, Štruc, Damer,
-"AdaDistill: Adaptive Knowledge Distillation for Deep Face Recognition", ECCV 2024; spec adadistill.md).
+"AdaDistill: Adaptive Knowledge Distillation for Deep Face Recognition", ECCV 2024, arXiv 2407.01332).
 
 The student is trained with ArcFace/CosFace (or the combined margin) whose class centres are built
 online from the teacher's embeddings (:mod:`corecompress_adadistill.centres`). One step:

@@ -1,9 +1,9 @@
 """Evaluators of the face plugin.
 
 - ``verification``: the LFW-style 10-fold protocol on every pair set (flip-sum embeddings, squared
-  distance, threshold grid 0:0.01:4, consecutive folds — evaluation.md), plus ROC AUC, EER and
+  distance, threshold grid 0:0.01:4, consecutive folds — insightface's protocol), plus ROC AUC, EER and
   TAR@FAR on the cosine scores of the same pairs.
-- ``attributes``: attribute recognition with the FACES head (512→1024→BN→ReLU→Dropout→40, BCE, faces.md)
+- ``attributes``: attribute recognition with the FACES head (512→1024→BN→ReLU→Dropout→40, BCE, FACES)
   trained as a probe on the frozen model's embeddings of the training set, then mean accuracy (over the
   labelled attributes) and macro precision/recall/F1 on each attribute set. A probe measures what the
   embedding carries; it is not the paper's end-to-end fine-tuning, and the report says so.

@@ -1,9 +1,9 @@
 """The plain margin-penalty objective (``margin``, ``arcface``, ``cosface``): a face model trained alone.
 
 Papers: ArcFace (Deng et al., CVPR 2019), CosFace (Wang et al., CVPR 2018). This is the
-"no distillation" baseline of AdaDistill (Boutros et al., ECCV 2024; spec adadistill.md, "Baselines": the student
-trained alone with ArcFace/CosFace) and the retraining objective of FACES (spec faces.md, "Retraining
-in the reference code": an ArcFace head, s = 64, m = 0.5, initialised from the pretrained header).
+"no distillation" baseline of AdaDistill (Boutros et al., ECCV 2024: the student
+trained alone with ArcFace/CosFace) and the retraining objective of FACES (Lajić et al., ICT Express 2026,
+as its reference code retrains: an ArcFace head, s = 64, m = 0.5, initialised from the pretrained header).
 A trainable :class:`~corecompress_facekit.heads.margin.CombinedMarginHead` over ``ctx.data.num_classes``
 classes sits on the student embedding; logits s·(cos(m1·θ + m2) − m3) for the target, s·cos θ
 otherwise; loss = cross-entropy. The head's weights are optimised with the model (the training loop

@@ -1,4 +1,4 @@
-"""FACES attribute-recognition objective (Lajić et al., ICT Express 2026; faces.md "Retraining").
+"""FACES attribute-recognition objective (Lajić et al., ICT Express 2026, as its reference code retrains).
 
 Backbone → L2-normalised embedding → FACES head Linear(E→1024) → BatchNorm1d → ReLU → Dropout(0.2) →
 Linear(1024→40) (Xavier-normal, zero bias), BCE-with-logits on the 40 CelebA attributes (labels 0/1).
@@ -19,7 +19,7 @@ from corecompress_facekit.api import CELEBA_ATTRIBUTES, AttributeHead
 
 
 class FacesAttributeHead(AttributeHead):
-    """FACES CelebA head (spec faces.md): L2-normalise -> Linear(E->1024) -> BatchNorm1d -> ReLU ->
+    """FACES CelebA head (Lajić et al., ICT Express 2026): L2-normalise -> Linear(E->1024) -> BatchNorm1d -> ReLU ->
     Dropout(0.2) -> Linear(1024->40); Xavier-normal weights, zero biases. Returns logits for BCE.
 
     facekit's generic :class:`~corecompress_facekit.api.AttributeHead` with the FACES sizes as defaults.

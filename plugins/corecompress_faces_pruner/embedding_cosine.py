@@ -1,13 +1,13 @@
 """``embedding_cosine``: the FACES distillation term, L = (1 − λ)·L_margin + λ·(1 − mean_i cos(f_s,i, f_t,i)).
 
 FACES (Lajić et al., "FACES: Facial Analysis with Compressed Efficient Systems", ICT Express 2026;
-spec faces.md, "Retraining in the reference code"): the pruned model is retrained with an
+as in the authors' public reference code): the pruned model is retrained with an
 ArcFace head (s = 64, m = 0.5, optionally initialised from the pretrained header: ``init_header``)
 and, optionally, this cosine term to the unpruned teacher. Unlike the reference code, the teacher's
 weights are really loaded (the runner's ``teacher:`` section; the loss refuses to run without
 teacher embeddings). The margin head is trainable and sits on the student's own embedding; the
 cosine term compares the (projected, with ``projector: true``) student embedding with the teacher's.
-The spec gives no value of λ; the default 0.5 weighs both terms equally — tune it.
+The reference gives no value of λ; the default 0.5 weighs both terms equally — tune it.
 Registered by the faces_pruner plugin; margin objective and projector come from the facekit and
 distill_baselines plugins' ``api`` modules.
 """

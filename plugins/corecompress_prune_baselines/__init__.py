@@ -1,5 +1,5 @@
-"""corecompress_prune_baselines: the pruning criteria FACES is compared against (spec faces.md,
-"Which baselines the paper beats"), registered through the entry-point group like any plugin.
+"""corecompress_prune_baselines: pruning criteria to compare FACES (Lajić et al., ICT Express 2026) with,
+registered through the entry-point group like any plugin.
 
 - ``taylor``: first-order Taylor importance (Molchanov et al., CVPR 2019).
 - ``nvit``: Hessian-aware saliency normalised by cost, for global pruning (NViT, CVPR 2023; SAViT, NeurIPS 2022).

@@ -5,8 +5,8 @@ recognition, compression recipes) must run end to end on a machine without data 
 draws *identities* (face shape, skin tone, eye/brow/nose/mouth geometry, hair colour and style,
 facial hair, make-up, accessory habits) and, per image, *nuisance* (pose, scale, lighting,
 expression, occluders, clutter, noise, blur), renders them with numpy only
-(``synthetic_render.py``) and labels the CelebA attributes it draws (evaluation.md, "Attribute
-recognition"; names and order as in ``list_attr_celeba.txt``).
+(``synthetic_render.py``) and labels the CelebA attributes it draws (CelebA, Liu et al.,
+ICCV 2015; names and order as in ``list_attr_celeba.txt``).
 
 Determinism: identity ``i`` (global id ``identity_offset + i``) is drawn from
 ``default_rng([seed, 1, id])`` and its image ``k`` from ``default_rng([seed, 2, id, k])``, so an
@@ -467,7 +467,7 @@ class SyntheticFaces:
         """Verification pairs ``(num_pairs, 3)`` int64 rows ``(index_a, index_b, same)``.
 
         Rows alternate same / different (same first), so any run of consecutive rows, e.g. the
-        10 folds of the LFW protocol (evaluation.md), is balanced; deterministic in ``seed``.
+        10 consecutive folds of the LFW protocol, is balanced; deterministic in ``seed``.
         """
         cfg = self.config
         if cfg.num_identities < 2 or cfg.images_per_identity < 2:

@@ -1,6 +1,6 @@
 """Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out.
 
-Conventions of face recognition / FACES (/work/shared/spec/faces.md): inputs normalised as
+Conventions of face recognition / FACES (Lajić et al., ICT Express 2026): inputs normalised as
 (x/255 - 0.5)/0.5 to [-1, 1] at 112x112; training with random horizontal flip (recognition) or with
 RandAugment ``rand-m9-mstd0.5-inc1`` + colour jitter 0.4 + random erasing 0.25 (attributes, via timm);
 evaluation with resize + centre crop.
@@ -166,7 +166,7 @@ def _randaugment_steps(image_size: int, color_jitter: float, erase_probability: 
 
     Hyper-parameters as timm's ``create_transform`` sets them: translate 45 % of the size, fill with
     the mean grey (128), bicubic. Unlike ``create_transform`` (which silently drops colour jitter when
-    RandAugment is on), colour jitter is applied, as the FACES spec lists it; set it to 0 to drop it.
+    RandAugment is on), colour jitter is applied, as the FACES reference code lists it; set it to 0 to drop it.
     Erasing fills with per-pixel normal noise (``mode='pixel'``, the Swin/DeiT recipe's choice).
     """
     try:
@@ -197,9 +197,9 @@ def build_train_transform(
 ) -> Compose:
     """Training pipeline: uint8 image (grey or RGB) -> float32 3 x image_size x image_size in [-1, 1].
 
-    ``kind='flip'``: resize + random horizontal flip (recognition, faces.md). ``kind='randaugment'``:
+    ``kind='flip'``: resize + random horizontal flip (recognition, FACES). ``kind='randaugment'``:
     resize + RandAugment ``rand-m9-mstd0.5-inc1`` + colour jitter + random erasing (attributes,
-    faces.md); its timm/torchvision steps draw from the global RNGs, ``generator`` seeds only the flip.
+    FACES); its timm/torchvision steps draw from the global RNGs, ``generator`` seeds only the flip.
     """
     steps: list[Callable[[Any], Any]] = [GreyToRGB(), Resize(image_size)]
     if kind == "flip":

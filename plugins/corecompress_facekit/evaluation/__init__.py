@@ -5,7 +5,8 @@
 * :mod:`.ijb` -- IJB-B/C template aggregation, metadata readers, TAR@FAR;
 * :mod:`.attributes` -- binary attribute accuracy and macro precision / recall / F1.
 
-Conventions: /work/shared/spec/evaluation.md. NumPy only (SciPy is not needed).
+Conventions: those of the insightface evaluation scripts that face-recognition papers report (LFW-style
+verification, IJB-B/C) and of CelebA attribute recognition. NumPy only (SciPy is not needed).
 """
 
 from __future__ import annotations

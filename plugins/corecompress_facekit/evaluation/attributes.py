@@ -1,6 +1,6 @@
 """Binary face-attribute recognition metrics (CelebA's 40 attributes, SwinFace's attribute heads).
 
-Conventions of the spec (/work/shared/spec/evaluation.md, "Attribute recognition (CelebA)"):
+Conventions of CelebA attribute recognition (Liu et al., ICCV 2015; as FACES and SwinFace report it):
 
 * prediction = sigmoid(logit) > 0.5, computed as ``logit > 0`` (the same decision in exact
   arithmetic; float32 sigmoid rounds to 0.5 only for |logit| < ~3e-8, where this rule is the exact

@@ -1,6 +1,6 @@
 """IJB-B / IJB-C 1:1 template verification.
 
-Protocol of the spec (/work/shared/spec/evaluation.md, "Face verification, IJB-B / IJB-C"), as in
+Protocol of IJB-B (Whitelam et al., CVPRW 2017) / IJB-C (Maze et al., ICB 2018) as computed by
 insightface's ``eval_ijbc.py``, written anew from its description:
 
 * image features come in already flip-summed (feature(image) + feature(flipped image));
@@ -27,7 +27,7 @@ import numpy as np
 
 from .roc import RocResult, TarRule, evaluate_roc
 
-#: FAR targets reported for IJB-B/C (spec: "TAR at FAR in {1e-6 ... 1e-1}").
+#: FAR targets reported for IJB-B/C: TAR at FAR in {1e-6 ... 1e-1}, as the papers report them.
 IJB_FAR_TARGETS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 

@@ -1,10 +1,10 @@
 """ROC analysis of similarity scores: curve, AUC, EER and TAR at fixed FAR.
 
-Generic evaluator of the spec (/work/shared/spec/evaluation.md, "ROC / TAR@FAR on any pair list") for any
+Generic evaluator (ROC curve, AUC, EER, TAR at FAR) for any
 list of scored pairs, or all pairs of a labelled set (:func:`all_pairs`). Scores are similarities:
 higher means "more likely the same identity"; a pair is accepted when ``score >= threshold``.
 
-Two rules for TAR at a target FAR, chosen by name (the spec asks to say which one a number used):
+Two rules for TAR at a target FAR, chosen by name (a reported number should say which one it used):
 
 * ``"at_most"`` (default) -- the largest TAR among ROC points whose FAR is <= the target. Conservative:
   the reported operating point never exceeds the FAR budget.
@@ -25,7 +25,7 @@ import numpy as np
 
 TarRule = Literal["at_most", "closest"]
 
-#: FAR targets of the generic evaluator (spec: "TAR at FAR = 1e-1 ... 1e-4").
+#: FAR targets of the generic evaluator: TAR at FAR = 1e-1 ... 1e-4.
 DEFAULT_FAR_TARGETS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
 
 # FAR <= target is decided on counts: fps <= target * n_impostor + _COUNT_TOL, so that e.g. 1e-4 * 30000

@@ -1,8 +1,7 @@
 """LFW-style 10-fold face verification (LFW, CFP-FP/FF, AgeDB-30, CALFW, CPLFW).
 
-Implements the protocol of the spec (/work/shared/spec/evaluation.md, "Face verification, LFW-style"),
-which is the protocol of insightface's ``eval/verification.py`` that the FACES and AdaDistill papers
-report, written anew from its description:
+Implements the LFW 10-fold protocol (Huang et al., 2007) as insightface's ``eval/verification.py``
+computes it, which the FACES and AdaDistill papers report; written anew from its description:
 
 1. embedding of an image = embedding(image) + embedding(flipped image), then L2-normalised (a zero
    vector stays zero, as ``sklearn.preprocessing.normalize`` leaves it);

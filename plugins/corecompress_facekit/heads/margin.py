@@ -1,6 +1,7 @@
 """Margin-penalty softmax heads (ArcFace, CosFace and their combination) for face-recognition training.
 
-Spec: /work/shared/spec/adadistill.md, step 4. Combined margin in the insightface convention
+The margin softmax of ArcFace/CosFace training (and of AdaDistill's logits, Boutros et al., ECCV 2024).
+Combined margin in the insightface convention
 (Deng et al., "ArcFace", CVPR 2019, Sec. 2.3): the target logit is s·(cos(m1·θ + m2) − m3), every
 other logit s·cos θ, where θ is the angle between the L2-normalised embedding and class centre.
 ArcFace = (1, m, 0), CosFace (Wang et al. 2018) = (1, 0, m), SphereFace-like = (m1 > 1, 0, 0).

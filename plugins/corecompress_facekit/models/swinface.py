@@ -1,8 +1,8 @@
 """SwinFace backbone: timm's Swin Transformer trunk plus the SwinFace embedding head.
 
 SwinFace (L. Qin et al., arXiv 2308.11509) uses a Swin-T trunk at 112x112 with patch size 2 and an
-insightface-style embedding head; FACES (Lajic et al., ICT Express 2026) prunes that trunk.  See
-``spec/swinface.md`` for the architecture and ``spec/faces.md`` for the pruning targets.
+insightface-style embedding head; FACES (Lajić et al., ICT Express 2026) prunes that trunk (the
+``norm1``/``norm2`` LayerNorms and the ``attn.qkv``/``mlp.fc1`` input columns they gate).
 
 The trunk is timm's ``SwinTransformer`` (``self.trunk``), built headless (``num_classes=0``,
 ``global_pool=''``) so it yields NHWC token maps.  Reference block ``layers.{s}.blocks.{b}`` lives at
@@ -37,11 +37,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SwinFaceConfig:
-    """Hyper-parameters of a SwinFace backbone (spec swinface.md, "Backbone").
+    """Hyper-parameters of a SwinFace backbone (defaults: the Swin-T backbone of SwinFace).
 
     Always as in SwinFace: no absolute position embedding, LayerNorm after the patch embedding.
-    ``embedding_bn_eps`` is used by both BatchNorm1d of the embedding head: the spec gives 2e-5 for the
-    first; the insightface-style head the reference follows uses the same value for the second.
+    ``embedding_bn_eps`` is used by both BatchNorm1d of the embedding head: the reference SwinFace code uses
+    2e-5 for the first; the insightface-style head the reference follows uses the same value for the second.
     """
 
     img_size: int = 112
@@ -105,7 +105,7 @@ class SwinFaceConfig:
 
 
 PRESETS: Mapping[str, SwinFaceConfig] = MappingProxyType({
-    # The SwinFace backbone (spec): 28.50 M params, 4.48 GMACs at 112x112.
+    # The SwinFace backbone (Qin et al.): 28.50 M params, 4.48 GMACs at 112x112.
     "swin_t": SwinFaceConfig(),
     # CPU training preset: 48x48 faces, 24/12/6 token grids, window 6 (last stage one window, as in
     # swin_t), widths 32/64/128, 2 heads or more per stage: about 0.6 M params and 50 MMACs.
@@ -140,7 +140,7 @@ class MultiLevelFeatures(NamedTuple):
 
 
 class SwinFaceBackbone(nn.Module):
-    """Swin trunk (timm) -> final LayerNorm -> token mean -> ``feature`` embedding head (spec swinface.md).
+    """Swin trunk (timm) -> final LayerNorm -> token mean -> ``feature`` embedding head (SwinFace).
 
     ``feature`` = Linear(C->C, no bias) -> BatchNorm1d(C) -> Linear(C->E, no bias) -> BatchNorm1d(E),
     named as in the reference checkpoint (``feature.0`` .. ``feature.3``).

@@ -1,4 +1,4 @@
-"""Load reference SwinFace checkpoints (spec swinface.md, "State-dict key names") into our models.
+"""Load reference SwinFace checkpoints (the state-dict key names released with SwinFace) into our models.
 
 Mapping from the reference layout (Microsoft-Swin style, as released with SwinFace) to ours:
 
@@ -253,7 +253,7 @@ def load_reference_multitask(model: nn.Module, source: StateSource, *, strict: b
 
     ``state_dict_backbone`` goes through the reference mapping; ``state_dict_fam/tss/om`` load into
     ``model.fam/tss/om`` by key name, or by registration order with every shape checked when
-    ``head_key_matching='order'`` (the reference head key names are not in the spec).
+    ``head_key_matching='order'`` (the released heads' key names are not documented; order matching is the fallback).
     ``state_dict_softmax_fc`` is returned (``margin_weight``) to initialise a margin head.
     """
     state, label = read_state_dict(source, "SwinFace multi-task checkpoint")

@@ -1,13 +1,13 @@
 """Attribute heads for SwinFace: the SwinFace multi-task heads (the FACES attribute head lives in the
 ``corecompress_faces_pruner`` plugin, built from :class:`corecompress_facekit.heads.attribute.AttributeHead`).
 
-* ``SwinFaceMultiTask`` - SwinFace (Qin et al., arXiv 2308.11509; spec swinface.md, "Multi-task
-  heads"): per task group a multi-level channel-attention branch (``fam``), a task subnet (``tss``)
+* ``SwinFaceMultiTask`` - SwinFace (Qin et al., arXiv 2308.11509, its multi-task
+  heads): per task group a multi-level channel-attention branch (``fam``), a task subnet (``tss``)
   and the 42 output linears (``om``): 40 CelebA attributes as 2-way softmaxes, age (1 regression
   output) and expression (7-way).
 
 Width rule for presets smaller than Swin-T: the attention width ``attention_channels`` defaults to the
-embedding size (512 for swin_t, where the spec fixes it at 512) and is split over the levels in
+embedding size (512 for swin_t, where SwinFace fixes it at 512) and is split over the levels in
 proportion to their widths, by largest remainder: 192/384/768/768 -> 47/93/186/186 for Swin-T.
 The CBAM bottleneck is width // 16 (512 -> 32).
 """
@@ -125,7 +125,7 @@ class ChannelGate(nn.Module):
 
 
 class ChannelAttentionBranch(nn.Module):
-    """One multi-level channel-attention branch (spec swinface.md): a 3x3 conv per level, concat,
+    """One multi-level channel-attention branch of SwinFace: a 3x3 conv per level, concat,
     CBAM channel gate, ReLU, global max pool, BatchNorm1d."""
 
     def __init__(self, level_channels: Sequence[int], out_channels: int = 512, reduction: int = 16) -> None:
@@ -144,7 +144,7 @@ class ChannelAttentionBranch(nn.Module):
 
 
 class TaskSubnet(nn.Module):
-    """Task-specific subnet: (Linear -> ReLU -> Dropout(0.5)) x 2 (spec swinface.md)."""
+    """Task-specific subnet: (Linear -> ReLU -> Dropout(0.5)) x 2 (SwinFace, Qin et al.)."""
 
     def __init__(self, width: int = 512, dropout: float = 0.5) -> None:
         super().__init__()

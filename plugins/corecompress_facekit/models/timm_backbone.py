@@ -1,7 +1,7 @@
 """Any timm model as a face backbone: timm feature extractor → Linear → BatchNorm1d embedding head.
 
-Spec: /work/shared/spec/swinface.md ("Other face backbones": ViT, DeiT, Swin, ConvNeXt, ResNet …
-should be usable as face backbones by adding the embedding head). Nothing is downloaded: the timm
+Any timm model (ViT, DeiT, Swin, ConvNeXt, ResNet …) becomes a face backbone by adding the
+insightface-style embedding head. Nothing is downloaded: the timm
 model is built with ``pretrained=False`` and, optionally, local weights are loaded from a file.
 Input normalisation is the data pipeline's job (face pipelines use (x/255 − 0.5)/0.5; ImageNet
 weights expect ImageNet statistics).

@@ -1,6 +1,6 @@
 """Readers (and small writers) for the face data formats users already have on disk.
 
-One module per format (/work/shared/spec/evaluation.md, "Data formats users have"):
+One module per format:
 :mod:`.recordio` (insightface ``train.rec``/``.idx``/``property``, no mxnet; writer in
 :mod:`.recordio_writer`, byte layout in :mod:`.recordio_format`), :mod:`.verification_bin`
 (insightface ``lfw.bin`` ... through the restricted unpickler of :mod:`.safe_pickle`), :mod:`.lfw`

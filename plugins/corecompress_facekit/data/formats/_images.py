@@ -83,7 +83,7 @@ def resize_shorter_then_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resize so the shorter side is ``size`` (bilinear), then crop the centre ``size``x``size``.
 
     This is torchvision's ``Resize(size)`` + ``CenterCrop(size)``, the CelebA protocol of
-    /work/shared/spec/evaluation.md (178x218 -> 112x137 -> 112x112).
+    FACES (178x218 -> 112x137 -> 112x112).
     """
     Image = import_pil()
     height, width = image.shape[:2]

@@ -1,6 +1,6 @@
 """CelebA attributes (Liu et al., "Deep Learning Face Attributes in the Wild", ICCV 2015).
 
-Files (/work/shared/spec/evaluation.md): ``list_attr_celeba.txt`` (line 1 the image count, line 2 the
+Files (as CelebA ships them): ``list_attr_celeba.txt`` (line 1 the image count, line 2 the
 40 attribute names, then ``<file> v1 .. v40`` with values -1/1, mapped here to 0/1),
 ``list_eval_partition.txt`` (``<file> 0|1|2`` = train/val/test) and ``img_align_celeba/`` (178x218
 JPEGs, resized so the shorter side is 112 and centre-cropped to 112x112, as the FACES protocol does).

@@ -1,7 +1,7 @@
 """Identity folders ``root/<identity>/<image>``: the simplest face-recognition training set.
 
 The label of an image is the index of its identity folder in sorted (Python string) order, as
-/work/shared/spec/evaluation.md says and as torchvision's ``ImageFolder`` does. Hidden entries (names
+torchvision's ``ImageFolder`` does. Hidden entries (names
 starting with ".") and plain files directly in ``root`` (a README, a licence) are ignored; an empty
 identity folder, a nested folder or a file that is not an image is an error naming it, because
 silently skipping it would shift labels or drop an identity.

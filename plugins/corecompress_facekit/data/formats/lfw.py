@@ -1,6 +1,6 @@
 """The original LFW ``pairs.txt`` (Huang et al., "Labeled Faces in the Wild", 2007).
 
-Layout (/work/shared/spec/evaluation.md): a header "<folds> <pairs per class>" (``10 300``), then for
+Layout (the LFW distribution's ``pairs.txt``): a header "<folds> <pairs per class>" (``10 300``), then for
 each fold that many "same" lines ``name n1 n2`` followed by that many "different" lines
 ``name1 n1 name2 n2``. Images are ``lfw/<name>/<name>_<nnnn>.jpg`` (250x250, not aligned).
 A one-number header (``pairsDevTrain.txt``: ``1100``) is read as one fold.

@@ -2,7 +2,7 @@
 
 ``olivettifaces.mat`` (MAT 5.0, the file scikit-learn's ``fetch_olivetti_faces`` downloads) holds
 ``faces``: uint8 4096x400, one image per column stored column-major, so image i is
-``faces.T.reshape(400, 64, 64).transpose(0, 2, 1)[i]`` (/work/shared/spec/evaluation.md).
+``faces.T.reshape(400, 64, 64).transpose(0, 2, 1)[i]``.
 40 people x 10 images: identity = i // 10. Grey values 0-242. Free for research; never committed into
 the project -- read from a path (tests use ../shared/data/olivetti/).
 """
@@ -18,7 +18,7 @@ from .errors import DataFormatError
 
 __all__ = ["OLIVETTI_SHA256", "load_olivetti"]
 
-#: sha256 of the known olivettifaces.mat (/work/shared/data/README.md).
+#: sha256 of the known olivettifaces.mat (the 40 x 10 AT&T faces the tests and benchmarks use).
 OLIVETTI_SHA256 = "b1988d02c72fe5b8ee82b5ef3bb7982eafc74f1e1ff0ae0ade35061ad0af534d"
 
 

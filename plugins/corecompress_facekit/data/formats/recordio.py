@@ -1,6 +1,6 @@
 """insightface RecordIO training sets (``train.rec``, ``train.idx``, ``property``) without mxnet.
 
-Format (/work/shared/spec/evaluation.md, "Data formats users have"; dmlc-core ``recordio.h``):
+Format (the insightface project's training sets; dmlc-core ``recordio.h``):
 
 - ``train.idx``: text lines ``key<TAB>byte_offset`` into ``train.rec``.
 - ``train.rec``: records ``uint32 magic 0xced7230a`` (little-endian), ``uint32 lrec`` (upper 3 bits the

@@ -1,7 +1,7 @@
 """Byte layout of insightface / dmlc RecordIO records, shared by the reader and the writer.
 
-Spec: /work/shared/spec/evaluation.md ("insightface RecordIO training sets") and dmlc-core
-``recordio.h``: ``uint32 magic 0xced7230a`` (little-endian), ``uint32 lrec`` (upper 3 bits continuation
+As insightface's training sets use it and dmlc-core's
+``recordio.h`` defines it: ``uint32 magic 0xced7230a`` (little-endian), ``uint32 lrec`` (upper 3 bits continuation
 flag, lower 29 bits length), payload, zero padding to 4 bytes; payload = ``<IfQQ`` header (+ ``flag``
 float32 labels when flag > 0) + encoded image.
 """

@@ -1,6 +1,6 @@
 """Pack images + identity labels as an insightface RecordIO set (``.rec``, ``.idx``, ``property``).
 
-Byte layout in :mod:`.recordio_format` (/work/shared/spec/evaluation.md); files written here are what
+Byte layout in :mod:`.recordio_format`; files written here are what
 ``mxnet.recordio.MXIndexedRecordIO`` + ``pack`` would write, and :class:`.recordio.RecordIODataset`
 reads them. Used by the tests, and by users who want to pack their own identity folders.
 """

@@ -4,7 +4,7 @@ A plain ``pickle.load`` runs whatever callable the file names (``os.system``, ``
 Every such callable reaches the unpickler through ``find_class`` (opcodes GLOBAL, STACK_GLOBAL, INST,
 OBJ and EXT all call it), so refusing there refuses the payload before anything runs. Lists, tuples,
 dicts, bytes, str, bool, int, float and None are built by opcodes that need no ``find_class``.
-See the Python docs, "Restricting Globals" (pickle module), and /work/shared/spec/evaluation.md.
+See the Python docs, "Restricting Globals" (pickle module).
 """
 from __future__ import annotations
 

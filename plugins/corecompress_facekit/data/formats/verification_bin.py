@@ -2,7 +2,7 @@
 
 A ``.bin`` is a pickle of ``(bins, issame_list)``: ``bins`` holds 2N encoded images (JPEG bytes, or
 uint8 numpy arrays of those bytes), pair i is ``(bins[2i], bins[2i+1])``, ``issame_list`` N booleans
-(/work/shared/spec/evaluation.md). These files come from the internet, so they are read with
+(the insightface project's format). These files come from the internet, so they are read with
 :func:`~.safe_pickle.restricted_loads` and never with the plain unpickler.
 """
 from __future__ import annotations
