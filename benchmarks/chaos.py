@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cli_args import count
 from corecompress.testing.chaos import chaos
 
 RECIPE = {
@@ -35,23 +36,16 @@ RECIPE = {
 }
 
 
-def non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kills", type=non_negative, default=7, help="kill points in a single-process run")
-    ap.add_argument("--torchrun-kills", type=non_negative, default=3, help="kill points under torchrun (2 gloo ranks)")
-    ap.add_argument("--seed", type=non_negative, default=0, help="which kill points")
+    ap.add_argument("--kills", type=count(0), default=7, help="kill points in a single-process run")
+    ap.add_argument("--torchrun-kills", type=count(0), default=3, help="kill points under torchrun (2 gloo ranks)")
+    ap.add_argument("--seed", type=count(0), default=0, help="which kill points")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/chaos"), help="scratch folder (replaced)")
     args = ap.parse_args()
     if args.kills + args.torchrun_kills == 0:
         ap.error("nothing to do: --kills and --torchrun-kills are both 0")
-    if args.work.exists() and not (args.work / "reference").is_dir() and any(args.work.iterdir()):
+    if args.work.exists() and not {p.name for p in args.work.iterdir()} <= {"ranks1", "ranks2"}:
         ap.error(f"{args.work} exists and is not an earlier chaos folder; choose another --work")
     shutil.rmtree(args.work, ignore_errors=True)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")

@@ -86,3 +86,17 @@ def test_masked_run_keeps_size_and_zeros(cli, repo, tmp_path):
     assert metrics["after"]["efficiency/params"] == metrics["before"]["efficiency/params"]
     assert metrics["after"]["efficiency/nonzero_params"] < metrics["before"]["efficiency/nonzero_params"]
     assert "masked model has the dense model's size and speed" in (out / "report.md").read_text()
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal_and_quiet_silences_them(cli, repo, tmp_path):
+    recipe = _small_smoke(repo, tmp_path, evaluate=[])
+    code, _out, err = cli("run", recipe, "--out", tmp_path / "a")  # captured: not a terminal
+    assert code == 0, err
+    lines = err.splitlines()
+    assert "stage train: started" in lines and "stage retrain: started" in lines
+    assert any(line.startswith("stage train: done in ") for line in lines)
+    assert any(line.startswith("train step 20/20 ") and "loss=" in line for line in lines)
+    log = (tmp_path / "a" / "log.txt").read_text()
+    assert all(line in log for line in lines if line.startswith(("stage ", "train step")))  # the log's words
+    code, _out, err = cli("run", recipe, "--out", tmp_path / "b", "--quiet")
+    assert code == 0 and err == ""

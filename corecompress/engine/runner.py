@@ -265,7 +265,7 @@ RESUME_PLAN = "resume_plan"  # ctx.state: the run's own plan.json, used instead 
 
 
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
-               raw_recipe: dict | None = None) -> RunContext:
+               raw_recipe: dict | None = None, quiet: bool = False) -> RunContext:
     """Execute every stage of ``recipe`` into the new run directory ``out_dir`` (under torchrun: the
     directory rank 0 created; every rank must be given the same ``out_dir``)."""
     lock = RunLock(out_dir)
@@ -287,7 +287,8 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
 
     try:
         out_dir = distributed.on_main(create)
-        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, on_started=started)
+        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, on_started=started,
+                        quiet=quiet)
     except BaseException:
         if replaced and replaced[0] is not None:  # failed at start-up: the earlier run is back in place
             lock.release()
@@ -297,7 +298,8 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
         lock.release()
 
 
-def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None) -> RunContext:
+def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None,
+               quiet: bool = False) -> RunContext:
     """Continue the interrupted run in ``run_dir`` from its last checkpoints (see the module docstring).
 
     ``plugins`` (default: loaded as the resolved recipe asks) must provide the run's components.
@@ -334,7 +336,7 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
         resumes = int(status.get("resumes", 0)) + 1
         state = {"started": status.get("started"), "resumed_at": time.time(),
                  "resumed_from_state": status.get("state")}
-        return _execute(recipe, plugins, root, state, resumes=resumes)
+        return _execute(recipe, plugins, root, state, resumes=resumes, quiet=quiet)
     finally:
         lock.release()
 
@@ -344,9 +346,9 @@ class RunAlreadyComplete(UserError):
 
 
 def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
-             resumes: int, on_started: Callable[[], None] | None = None) -> RunContext:
+             resumes: int, on_started: Callable[[], None] | None = None, quiet: bool = False) -> RunContext:
     main = distributed.is_main()
-    log = _make_logger(out_dir)
+    log = _make_logger(out_dir, quiet)
     status = {**status, "resumes": resumes, "pid": os.getpid()}
     if distributed.world() > 1:
         status["world_size"] = distributed.world()
@@ -395,9 +397,11 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
 
 def _run_stage(ctx: RunContext, name: str, stage: Callable[[RunContext], Any]) -> Any:
     ctx.hook.on_stage_start(run=ctx, stage=name)
+    ctx.log.info("stage %s: started", name)
     start = time.perf_counter()
     result = stage(ctx)
     ctx.timings[name] = time.perf_counter() - start
+    ctx.log.info("stage %s: %s in %.1f s", name, "done" if result is not None else "nothing to do", ctx.timings[name])
     ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
     return result
 
@@ -442,9 +446,10 @@ def _load_into(spec: Any, model: torch.nn.Module, path: str) -> None:
         load_weights_file(model, path)
 
 
-def _make_logger(out_dir: Path) -> logging.Logger:
-    """``log.txt`` (appended) and, on a terminal, stderr. Ranks other than 0 write no file: their
-    warnings and errors go to stderr, prefixed with the rank."""
+def _make_logger(out_dir: Path, quiet: bool = False) -> logging.Logger:
+    """``log.txt`` (appended) and stderr — the same lines whether stderr is a terminal (beside the
+    progress bar) or a pipe, a file, CI or nohup (where there is no bar); ``quiet``: warnings only.
+    Ranks other than 0 write no file: their warnings and errors go to stderr, prefixed with the rank."""
     suffix = f".rank{distributed.rank()}" if distributed.world() > 1 else ""
     log = logging.getLogger(f"corecompress.run.{out_dir}{suffix}")
     log.setLevel(logging.INFO)
@@ -458,8 +463,8 @@ def _make_logger(out_dir: Path) -> logging.Logger:
     fh = logging.FileHandler(out_dir / "log.txt")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(fh)
-    if sys.stderr.isatty():
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(sh)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setLevel(logging.WARNING if quiet else logging.INFO)
+    sh.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(sh)
     return log

@@ -145,6 +145,7 @@ def run_with_kills(work: Path, recipe: dict[str, Any], kills: list[dict[str, Any
                    name: str = "killed", timeout: float = 600) -> tuple[Path, list[int]]:
     """Run ``recipe`` into ``work/name``, killed at each of ``kills`` in turn (resuming after each),
     then resumed to the end. Returns the run directory and every process's exit code."""
+    work = Path(work).resolve()
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = work / name
@@ -201,6 +202,7 @@ def compare_runs(a: Path, b: Path) -> list[str]:
 
 def chaos(work: Path, recipe: dict[str, Any], kills: int, seed: int = 0, *, ranks: int = 1) -> ChaosReport:
     """An uninterrupted run and one killed at ``kills`` random points, resumed after each; compared."""
+    work = Path(work).resolve()  # children run with work as their folder
     work.mkdir(parents=True, exist_ok=True)
     reference, _codes = run_with_kills(work, recipe, [], ranks=ranks, name="reference")
     # steps run on every rank (the kill alternates between them); only rank 0 writes and evaluates

@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
         out = Path(args.resume)
         try:
-            ctx = _interruptible(lambda: resume_run(out, strict=args.strict), out)
+            ctx = _interruptible(lambda: resume_run(out, strict=args.strict, quiet=args.quiet), out)
         except RunAlreadyComplete as exc:
             if main:
                 print(f"note: {exc}")
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   " ('corecompress compare' runs every cell)", file=sys.stderr)
         # the default name has the time in it: rank 0's is the one every rank uses
         out = distributed.broadcast_object(Path(args.out) if args.out else default_run_dir("runs", recipe.name))
-        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw), out)
+        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw, quiet=args.quiet), out)
     if main:
         print(f"run complete: {ctx.out_dir}")
         print(f"report: {ctx.out_dir / 'report.md'}")
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier run in --out (only a corecompress run directory or an empty folder)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("export", help="write a finished run's model as safetensors or ONNX")
     p.add_argument("run_dir", help="run directory (or its architecture.json / exported .safetensors)")

@@ -179,7 +179,7 @@ def write_comparison_file(out_dir: Path, recipe_path: str, recipe: Any, runs: li
         "matrix": recipe.matrix, "seeds": sorted({r.seed for r in runs}), "cells": list(cells.values())})
 
 
-def execute_runs(runs: list[PlannedRun], plugins: Any) -> dict[Path, str]:
+def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False) -> dict[Path, str]:
     """Run every unfinished run in order, printing one progress line each; returns errors by run dir."""
     from corecompress.engine.runner import run_recipe
 
@@ -194,7 +194,7 @@ def execute_runs(runs: list[PlannedRun], plugins: Any) -> dict[Path, str]:
         print(head, end=" ", flush=True)
         start = time.perf_counter()
         try:
-            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw)
+            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw, quiet=quiet)
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the comparison
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             errors[run.run_dir] = message
@@ -253,7 +253,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             replacement.keep_new()
         cells = len({r.cell_id for r in runs})
         print(f"comparison '{recipe.name}': {cells} cell(s) x {len(runs) // cells} seed(s) = {len(runs)} run(s) in {out_dir}")
-        errors = execute_runs(runs, plugins)
+        errors = execute_runs(runs, plugins, quiet=args.quiet)
     results = collect_results(runs, errors)
     for line in write_reports(results, out_dir, title=recipe.name, metric=args.metric):
         print(line)
@@ -277,4 +277,5 @@ def add_compare_parser(subparsers: Any) -> None:
     p.add_argument("--only-report", action="store_true", help="run nothing; rewrite results and plots from the runs")
     p.add_argument("--metric", help="accuracy metric to plot (default: the first '*accuracy*' metric after pruning)")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
+    p.add_argument("--quiet", action="store_true", help="no progress lines of the runs on stderr")
     p.set_defaults(func=cmd_compare)
