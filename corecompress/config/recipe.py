@@ -2,6 +2,16 @@
 
 A recipe never executes code: it is data naming registered components. Validation reports the
 first problem as one line ``key.path: message`` (with a close match for unknown names and keys).
+
+A recipe may start from others: ``extends: base.yaml`` (or a list of paths, merged left to right)
+names base recipes, relative to the extending file's folder. :func:`read_recipe` reads each base
+(which may extend others in turn) and merges the file over it before anything is validated:
+mappings merge key by key, recursively; any other value (a list, a scalar, ``null``) replaces the
+base's, so ``prune: null`` drops the base's pruning and a list such as ``evaluate`` is replaced
+whole. The result has no ``extends`` key, and is what a run stores in ``recipe.resolved.json``.
+Other paths in a recipe (weights, data) stay relative to the working directory, as without
+``extends``. A missing base, a cycle, a chain deeper than ``MAX_EXTENDS_DEPTH`` and a wrongly
+typed ``extends`` are each one line.
 """
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +41,10 @@ MAX_RECIPE_BYTES = 4 * 1024 * 1024
 MAX_RECIPE_NODES = 200_000
 MAX_RECIPE_DEPTH = 64
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+#: ``extends``: at most this many levels of base recipes below the file read, and this many base
+#: files read in all (each one under the guards above), so a recipe stays a few small files.
+MAX_EXTENDS_DEPTH = 16
+MAX_EXTENDS_FILES = 64
 
 
 @dataclass
@@ -210,15 +225,67 @@ class Recipe:
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Load a recipe file with ``yaml.safe_load`` (tags that would call code are refused).
+    """Load a recipe file with ``yaml.safe_load`` (tags that would call code are refused), its
+    ``extends`` bases merged in (see the module docstring).
 
-    Guards: at most ``MAX_RECIPE_BYTES``; no recursive aliases; at most ``MAX_RECIPE_NODES`` values
-    with aliases expanded and ``MAX_RECIPE_DEPTH`` levels of nesting. Every failure is one line.
+    Guards, for the file and each base: at most ``MAX_RECIPE_BYTES``; no recursive aliases; at most
+    ``MAX_RECIPE_NODES`` values with aliases expanded and ``MAX_RECIPE_DEPTH`` levels of nesting (the
+    merged recipe too). Every failure is one line.
     """
-    p = Path(path)
-    path = printable(str(path))  # as it appears in messages: a control character must not break the line
-    if not p.is_file():
-        raise UserError(f"{path}: no such recipe file")
+    shown_path = printable(str(path))  # as it appears in messages: a control character must not break the line
+    if not Path(path).is_file():
+        raise UserError(f"{shown_path}: no such recipe file")
+    data = _read_extending(Path(path), shown_path, [], [0])
+    _check_size(data, f"{shown_path} (merged with its base recipes)")
+    return data
+
+
+def _read_extending(p: Path, shown_path: str, chain: list[tuple[Path, str]], files: list[int]) -> dict[str, Any]:
+    """The recipe in ``p`` merged over its bases; ``chain`` holds the files extending it (outermost first)."""
+    data = _read_one(p, shown_path, chain[-1][1] if chain else None)
+    if "extends" not in data:
+        return data
+    refs = data.pop("extends")
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs):
+        raise RecipeError("", f"{shown_path}: extends: expected a recipe path or a non-empty list of paths,"
+                              f" got {short_repr(refs)}")
+    here = [*chain, (p.resolve(), shown_path)]
+    if len(here) > MAX_EXTENDS_DEPTH:
+        raise RecipeError("", f"{here[0][1]}: extends: more than {MAX_EXTENDS_DEPTH} levels of base recipes"
+                              f" ({' -> '.join(name for _, name in here)} -> ...)")
+    merged: dict[str, Any] = {}
+    for ref in refs:
+        base = p.parent / ref
+        base_shown = printable(os.path.normpath(str(base)))
+        if not base.is_file():
+            raise RecipeError("", f"{shown_path}: extends: no such recipe file: {base_shown}")
+        seen = [real for real, _ in here]
+        if base.resolve() in seen:
+            cycle = [name for _, name in here[seen.index(base.resolve()):]] + [base_shown]
+            raise RecipeError("", f"{shown_path}: extends: a cycle of base recipes: {' -> '.join(cycle)}")
+        files[0] += 1
+        if files[0] > MAX_EXTENDS_FILES:
+            raise RecipeError("", f"{here[0][1]}: extends: more than {MAX_EXTENDS_FILES} base recipe files in all")
+        merged = merge_recipes(merged, _read_extending(base, base_shown, here, files))
+    return merge_recipes(merged, data)
+
+
+def merge_recipes(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key (recursively), anything else replaces.
+
+    A new mapping; the base's key order is kept and keys new in ``override`` follow.
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        merged[key] = merge_recipes(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def _read_one(p: Path, path: str, extended_by: str | None) -> dict[str, Any]:
+    """One recipe file, guarded, as a mapping (its ``extends`` not yet followed)."""
     size = p.stat().st_size
     if size > MAX_RECIPE_BYTES:
         raise RecipeError("", f"{path}: {size} bytes is too large for a recipe (at most {MAX_RECIPE_BYTES})")
@@ -237,7 +304,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RecipeError("", f"{path}: not valid YAML: a value cannot be read ({shown(detail)})") from None
     if not isinstance(data, dict):
-        raise RecipeError("", f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+        what = "a recipe" if extended_by is None else f"a base recipe (extended by {extended_by})"
+        raise RecipeError("", f"{path}: {what} is a mapping of sections, got {type(data).__name__}")
     _check_size(data, path)
     return data
 
