@@ -509,7 +509,7 @@ def test_fewer_outputs_than_classes_is_one_line(cli: Any, tmp_path: Path) -> Non
     """Found by fuzzing: num_outputs 2 with 4 classes once gave an IndexError from cross-entropy."""
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(_with("model.num_outputs", 2)))
-    code, _out, err = cli("run", path, "--out", tmp_path / "run")
+    code, _out, err = cli("run", path, "--out", tmp_path / "run", "--quiet")
     assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
 
 

@@ -59,7 +59,7 @@ def test_recipe_weights_pickle_is_refused(cli, tmp_path):
     path, marker = evil_pt(tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "weights": str(path)}))
-    code, _out, err = cli("run", recipe, "--out", tmp_path / "run")
+    code, _out, err = cli("run", recipe, "--out", tmp_path / "run", "--quiet")
     assert code == 2
     assert err.strip().count("\n") == 0
     assert err.startswith(f"error: {path}: refused: a pickle that would run code")
@@ -110,7 +110,7 @@ def test_resume_refuses_pickled_weights_in_resolved_recipe(cli, tmp_path, finish
     resolved = json.loads((finished_run / "recipe.resolved.json").read_text())
     resolved["weights"] = str(path)
     (finished_run / "recipe.resolved.json").write_text(json.dumps(resolved))
-    code, _out, err = cli("run", "--resume", finished_run)
+    code, _out, err = cli("run", "--resume", finished_run, "--quiet")
     assert code == 2 and err.strip().count("\n") == 0 and "refused" in err
     assert not marker.exists()
 
@@ -126,7 +126,7 @@ def test_pickle_planted_in_checkpoint_is_never_unpickled(cli, tmp_path, finished
         manifest["files"][part] = {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     (newest / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(CheckpointWarning, match="safetensors is unreadable"):
-        code, _out, err = cli("run", "--resume", finished_run)
+        code, _out, err = cli("run", "--resume", finished_run, "--quiet")
     assert code == 0, err
     assert "train: resumed at step 5 of 10" in (finished_run / "log.txt").read_text()
     assert not marker.exists()

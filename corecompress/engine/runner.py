@@ -377,7 +377,8 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
         interrupted = isinstance(exc, KeyboardInterrupt)
         message = str(exc).splitlines()[0] if str(exc) else ""
         if main or not (interrupted or getattr(exc, "from_main_rank", False)):  # rank 0 reports those
-            log.error("%s: %s", "interrupted" if interrupted else "failed", f"{type(exc).__name__}: {message}")
+            log.error("%s: %s", "interrupted" if interrupted else "failed", f"{type(exc).__name__}: {message}",
+                      extra={FILE_ONLY: True})  # the command prints the error itself, once
         try:
             if main:
                 write_json(out_dir / STATUS_FILE, {"state": "interrupted" if interrupted else "failed",
@@ -458,6 +459,7 @@ def _make_logger(out_dir: Path, quiet: bool = False) -> logging.Logger:
         sh = logging.StreamHandler(sys.stderr)
         sh.setLevel(logging.WARNING)
         sh.setFormatter(logging.Formatter(f"[rank {distributed.rank()}] %(message)s"))
+        sh.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         log.addHandler(sh)
         return log
     fh = logging.FileHandler(out_dir / "log.txt")
@@ -466,5 +468,9 @@ def _make_logger(out_dir: Path, quiet: bool = False) -> logging.Logger:
     sh = logging.StreamHandler(sys.stderr)
     sh.setLevel(logging.WARNING if quiet else logging.INFO)
     sh.setFormatter(logging.Formatter("%(message)s"))
+    sh.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
     log.addHandler(sh)
     return log
+
+
+FILE_ONLY = "file_only"  # a log record's extra: written to log.txt, not to stderr

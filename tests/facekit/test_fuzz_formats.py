@@ -527,7 +527,7 @@ def run_recipe_cli(cli: Any, folder: Path, recipe: dict) -> tuple[int, str, dict
     folder.mkdir(parents=True, exist_ok=True)
     path, out_dir = folder / "recipe.yaml", folder / "run"
     path.write_text(yaml.safe_dump(recipe))
-    code, _out, err = cli("run", path, "--out", out_dir)
+    code, _out, err = cli("run", path, "--out", out_dir, "--quiet")
     assert code in (0, 2), err
     assert "Traceback" not in err, err
     status = json.loads((out_dir / "status.json").read_text()) if (out_dir / "status.json").is_file() else {}
