@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,27 @@ def test_nan_loss_skip_skips_only_those_steps(cli, tmp_path, with_nan_plugin):
     assert "train step 11: loss is nan; step skipped (2 so far)" in log
     final = load_file(str(out / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_skipped_step_is_not_logged_or_stepped_but_still_checkpointed(cli, tmp_path, with_nan_plugin):
+    """A skipped step on a log and checkpoint step: no log record, no optimizer step, the checkpoint
+    still written (counting the skip, keeping the last finite loss)."""
+    data = {**RECIPE, "retrain": None, "prune": None,
+            "train": {**RECIPE["train"], "nonfinite": "skip", "objective": {"name": "nan_at", "steps": [15]}}}
+    out = tmp_path / "run"
+    code, _out, err = cli("run", write_recipe(tmp_path, data), "--out", out)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())["train"]
+    assert [r["step"] for r in metrics["history"]] == [5, 10, 20]
+    assert metrics["skipped_steps"] == 1 and math.isfinite(metrics["final_loss"])
+    log = (out / "log.txt").read_text()
+    assert "train step 15: loss is nan; step skipped (1 so far)" in log and "train step 15/20" not in log
+    ckpt = out / "checkpoints" / "train-step0000015"
+    info = json.loads((ckpt / "info.json").read_text())
+    assert info["skipped"] == 1 and [r["step"] for r in info["history"]] == [5, 10]
+    assert math.isfinite(info["last_loss"])
+    optimizer = load_file(str(ckpt / "optimizer.safetensors"))
+    assert int(optimizer["t.state.0.step"]) == 14  # AdamW stepped on the 14 finite steps only
 
 
 def test_disk_full_while_checkpointing_keeps_previous_and_exits_1(cli, tmp_path, monkeypatch):

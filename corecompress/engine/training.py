@@ -191,14 +191,42 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+@dataclass
+class _Loop:
+    """What the step loop works with: built once by :func:`_build_loop`, then read (and the progress
+    and clock updated) by each phase of a step."""
+
+    ctx: Any
+    section: TrainSection
+    phase: str
+    seed: int
+    model: torch.nn.Module
+    objective: torch.nn.Module
+    step_module: torch.nn.Module  # model and objective as one module (DDP-wrapped under torchrun)
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[int, int], float]
+    params: list[torch.nn.Parameter]
+    base_lrs: list[float]  # the optimizer's learning rates before any schedule (or resume) touched them
+    batches: Iterator[dict[str, Any]]
+    teacher_call: Callable[[torch.Tensor, dict[str, Any]], Any] | None
+    progress: _Progress
+    on_step: Callable[[int, torch.nn.Module], None] | None
+    world: int
+    rank: int
+    lo: int  # this rank's rows [lo, hi) of the global batch
+    hi: int
+    global_batch: int
+    share: float  # this rank's weight in the gradient average (1 for equal slices)
+    started: float = 0.0
+    saved_at: int = -1  # the step of the last checkpoint this run wrote or resumed from
+
+
 def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
           on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Train ``model`` for ``section.steps`` steps (continuing from a checkpoint on resume).
 
     ``on_step(completed_steps, model)`` runs after each optimizer step and its hooks, before logging
     and checkpointing (gradual pruning prunes its rounds there)."""
-    from tqdm.auto import tqdm
-
     seed = ctx.recipe.seed
     seed_phase(seed, phase)
     component = ctx.registry.get("loss", section.objective.name)
@@ -217,6 +245,19 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
         ctx.log.info("%s: complete in checkpoint %s; not trained again", phase, resumed.path.name)
         _restore_rng(resumed, seed, phase)
         return _finish(ctx, phase, model, objective, section, progress)
+    loop = _build_loop(ctx, section, phase, model, objective, needs_teacher, optimizer, params, base_lrs, progress,
+                       on_step)
+    _begin(loop, resumed)
+    return _end(loop, _run_steps(loop))
+
+
+def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
+                needs_teacher: bool, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                base_lrs: list[float], progress: _Progress,
+                on_step: Callable[[int, torch.nn.Module], None] | None) -> _Loop:
+    """Data, teacher target, schedule, loader and DDP wrap, in this order (the collectives and draws
+    of the ranks must line up), for the steps from ``progress.step`` on."""
+    seed = ctx.recipe.seed
     world, rank = distributed.world(), distributed.rank()
     dataset = ctx.data.train()
     global_batch = min(section.batch_size, len(dataset))
@@ -228,112 +269,185 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
         target = ctx.create("target", section.target)
         distributed.main_first(lambda: target.prepare(ctx.teacher, ctx.data.train(), ctx))  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
-    start_step = progress.step
-    sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
-    lo, hi = distributed.shard_bounds(global_batch, rank, world)
-    if world > 1:
-        sampler = distributed.ShardedBatchSampler(sampler, rank, world)
+    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world)
     # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
     # share, so the average is the gradient of the global batch mean (exactly 1 for equal slices)
     share = (hi - lo) * world / global_batch
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
-                        persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
-    batches = iter(loader)
     step_module: torch.nn.Module = StudentWithObjective(model, objective)
     if world > 1:
         step_module = distributed.wrap_ddp(step_module, ignore=row_shards.ddp_ignore_names(step_module))
     teacher_call = _teacher_outputs(target, ctx.teacher) if needs_teacher else None
+    return _Loop(ctx, section, phase, seed, model, objective, step_module, optimizer, schedule, params, base_lrs,
+                 batches, teacher_call, progress, on_step, world, rank, lo, hi, global_batch, share)
+
+
+def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, global_batch: int, rank: int,
+             world: int) -> tuple[Iterator[dict[str, Any]], int, int]:
+    """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi)."""
+    sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
+    lo, hi = distributed.shard_bounds(global_batch, rank, world)
+    if world > 1:
+        sampler = distributed.ShardedBatchSampler(sampler, rank, world)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
+                        persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    return iter(loader), lo, hi
+
+
+def _begin(loop: _Loop, resumed: Checkpoint | None) -> None:
+    """The generators for the first step (as checkpointed on resume, else one stream per rank), then the clock."""
     if resumed is not None:  # last, so nothing above can draw from the restored generators
-        _restore_rng(resumed, seed, phase)
-        ctx.log.info("%s: resumed at step %d of %d from checkpoint %s", phase, start_step, section.steps,
-                     resumed.path.name)
-    elif rank > 0:  # every rank its own stream for dropout & co. (rank 0's is the single-process one)
-        seed_phase(seed, f"{phase}/rank{rank}")
-    model.train()
-    start = time.perf_counter()
-    saved_at = start_step if resumed is not None else -1
-    bar = tqdm(range(start_step, section.steps), desc=phase, leave=False, disable=None if rank == 0 else True,
-               dynamic_ncols=True, initial=start_step, total=section.steps)
+        _restore_rng(resumed, loop.seed, loop.phase)
+        loop.ctx.log.info("%s: resumed at step %d of %d from checkpoint %s", loop.phase, loop.progress.step,
+                          loop.section.steps, resumed.path.name)
+    elif loop.rank > 0:  # every rank its own stream for dropout & co. (rank 0's is the single-process one)
+        seed_phase(loop.seed, f"{loop.phase}/rank{loop.rank}")
+    loop.model.train()
+    loop.started = time.perf_counter()
+    loop.saved_at = loop.progress.step if resumed is not None else -1
+
+
+def _run_steps(loop: _Loop) -> bool:
+    """The steps from ``loop.progress.step`` on; True when Ctrl-C stopped them (agreed by all ranks)."""
+    from tqdm.auto import tqdm
+
+    section, progress = loop.section, loop.progress
+    bar = tqdm(range(progress.step, section.steps), desc=loop.phase, leave=False,
+               disable=None if loop.rank == 0 else True, dynamic_ncols=True, initial=progress.step,
+               total=section.steps)
     stopping = False
     with _StopOnInterrupt() as stop:
         for step in bar:
-            try:
-                batch = _to_device(next(batches), ctx.device)
-            except Exception:  # noqa: BLE001 - Ctrl-C also stops DataLoader workers; the interrupt wins
-                if stop.requested:
-                    stopping = True
-                    break
-                raise
-            images = batch["image"]
-            if section.augment == "flip":
-                images, batch["flipped"] = flip_half(images, seed, step, lo, global_batch)
-            parts = step_module(images, batch, teacher_call)
-            loss = parts["loss"]
-            if world > 1:  # one collective: the batch-mean loss and whether any rank was interrupted
-                loss_sum, interrupted = distributed.all_reduce_sum([float(loss.detach()) * (hi - lo),
-                                                                    float(stop.requested)])
-                step_loss = torch.tensor(loss_sum / global_batch)
-                stopping = interrupted > 0
-            else:
-                step_loss = loss.detach()
-            finite = bool(torch.isfinite(step_loss))
-            if not finite and section.nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"{phase}: loss is {step_loss.item()} at step {step + 1} of {section.steps}; stopped (the last "
-                    f"checkpoint is kept; lower the learning rate, or set {phase}.nonfinite: skip to skip such steps)")
-            optimizer.zero_grad(set_to_none=True)
+            batch = _next_batch(loop, stop)
+            if batch is None:  # Ctrl-C stopped the DataLoader's workers
+                stopping = True
+                break
+            parts = _forward(loop, batch, step)
+            step_loss, stopping = _reduce_loss(loop, parts["loss"], stop)
+            finite = _check_finite(loop, step_loss, step)
+            loop.optimizer.zero_grad(set_to_none=True)
             if finite:
-                (loss * share if share != 1.0 else loss).backward()
-                if section.clip_grad_norm:
-                    row_shards.clip_grad_norm_(params, section.clip_grad_norm)  # torch's unless sharded
-                factor = schedule(step, section.steps)
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * factor
-                optimizer.step()
-                ctx.hook.after_optimizer_step(run=ctx, step=step, model=model)
-                if on_step is not None:
-                    on_step(step + 1, model)
+                _optimise(loop, parts["loss"], step)
                 progress.last_loss = float(step_loss)
             else:
-                progress.skipped += 1
-                ctx.log.warning("%s step %d: loss is %s; step skipped (%d so far)", phase, step + 1, step_loss.item(),
-                                progress.skipped)
+                _skip_step(loop, step_loss, step)
             progress.step = step + 1
-            if finite and (progress.step % section.log_every == 0 or progress.step == section.steps):
-                record = {"step": progress.step, "lr": optimizer.param_groups[0]["lr"]}
-                scalars = {k: float(v.detach() if isinstance(v, torch.Tensor) else v)
-                           for k, v in parts.items() if _is_scalar(v)}
-                record.update(distributed.all_reduce_mean(scalars, hi - lo) if world > 1 else scalars)
-                progress.history.append(record)
-                bar.set_postfix(loss=f"{progress.last_loss:.4f}")
-                ctx.log.info("%s step %d/%d %s", phase, progress.step, section.steps,
-                             " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
-            if section.eval_every and progress.step % section.eval_every == 0 and progress.step < section.steps:
-                distributed.on_main(lambda: ctx.log.info("%s step %d eval %s", phase, progress.step,
-                                                         evaluate_model(ctx, model)), share=False)
-            if section.checkpoint_every and progress.step % section.checkpoint_every == 0 \
-                    and progress.step < section.steps:
-                _checkpoint(ctx, phase, model, objective, optimizer, progress, start, section.steps)
-                saved_at = progress.step
-            if world == 1:
-                stopping = stop.requested
-            if stopping:
+            if finite:
+                _log_step(loop, parts, bar)
+            _maybe_evaluate(loop)
+            _maybe_checkpoint(loop)
+            if stopping or (loop.world == 1 and stop.requested):
                 break
-    if world == 1:
-        stopping = stop.requested
     bar.close()
-    progress.seconds += time.perf_counter() - start
-    if world > 1:
-        distributed.broadcast_buffers(model)  # e.g. BatchNorm statistics: rank 0's, as checkpointed
-    if saved_at != progress.step:  # the final checkpoint, or the step Ctrl-C stopped at
-        _checkpoint(ctx, phase, model, objective, optimizer, progress, None, section.steps)
+    return stop.requested if loop.world == 1 else stopping
+
+
+def _next_batch(loop: _Loop, stop: _StopOnInterrupt) -> dict[str, Any] | None:
+    """The next batch, on the device; None when it failed because Ctrl-C was pressed."""
+    try:
+        return _to_device(next(loop.batches), loop.ctx.device)
+    except Exception:  # noqa: BLE001 - Ctrl-C also stops DataLoader workers; the interrupt wins
+        if stop.requested:
+            return None
+        raise
+
+
+def _forward(loop: _Loop, batch: dict[str, Any], step: int) -> dict[str, Any]:
+    """(Flip half the batch, then) student, teacher and objective: the objective's parts, "loss" among them."""
+    images = batch["image"]
+    if loop.section.augment == "flip":
+        images, batch["flipped"] = flip_half(images, loop.seed, step, loop.lo, loop.global_batch)
+    return loop.step_module(images, batch, loop.teacher_call)
+
+
+def _reduce_loss(loop: _Loop, loss: torch.Tensor, stop: _StopOnInterrupt) -> tuple[torch.Tensor, bool]:
+    """The global batch-mean loss and whether any rank was interrupted, in one collective (a single
+    process: its own loss, and False; the loop reads its Ctrl-C itself)."""
+    if loop.world == 1:
+        return loss.detach(), False
+    loss_sum, interrupted = distributed.all_reduce_sum([float(loss.detach()) * (loop.hi - loop.lo),
+                                                        float(stop.requested)])
+    return torch.tensor(loss_sum / loop.global_batch), interrupted > 0
+
+
+def _check_finite(loop: _Loop, step_loss: torch.Tensor, step: int) -> bool:
+    """Whether the loss is finite; a non-finite one stops the run unless ``nonfinite: skip``."""
+    finite = bool(torch.isfinite(step_loss))
+    if not finite and loop.section.nonfinite == "stop":
+        phase, steps = loop.phase, loop.section.steps
+        raise NonFiniteLossError(
+            f"{phase}: loss is {step_loss.item()} at step {step + 1} of {steps}; stopped (the last "
+            f"checkpoint is kept; lower the learning rate, or set {phase}.nonfinite: skip to skip such steps)")
+    return finite
+
+
+def _optimise(loop: _Loop, loss: torch.Tensor, step: int) -> None:
+    """Backward, clip, learning rate from the schedule, optimizer step, then the hooks and ``on_step``."""
+    section, optimizer = loop.section, loop.optimizer
+    (loss * loop.share if loop.share != 1.0 else loss).backward()
+    if section.clip_grad_norm:
+        row_shards.clip_grad_norm_(loop.params, section.clip_grad_norm)  # torch's unless sharded
+    factor = loop.schedule(step, section.steps)
+    for group, base in zip(optimizer.param_groups, loop.base_lrs):
+        group["lr"] = base * factor
+    optimizer.step()
+    loop.ctx.hook.after_optimizer_step(run=loop.ctx, step=step, model=loop.model)
+    if loop.on_step is not None:
+        loop.on_step(step + 1, loop.model)
+
+
+def _skip_step(loop: _Loop, step_loss: torch.Tensor, step: int) -> None:
+    """``nonfinite: skip``: count the step and say so; the weights stay as they were."""
+    loop.progress.skipped += 1
+    loop.ctx.log.warning("%s step %d: loss is %s; step skipped (%d so far)", loop.phase, step + 1, step_loss.item(),
+                         loop.progress.skipped)
+
+
+def _log_step(loop: _Loop, parts: dict[str, Any], bar: Any) -> None:
+    """Every ``log_every`` steps and at the last: the learning rate and the objective's scalar parts
+    (averaged over ranks) into the history, the log and the progress bar."""
+    progress, section = loop.progress, loop.section
+    if progress.step % section.log_every != 0 and progress.step != section.steps:
+        return
+    record = {"step": progress.step, "lr": loop.optimizer.param_groups[0]["lr"]}
+    scalars = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in parts.items() if _is_scalar(v)}
+    record.update(distributed.all_reduce_mean(scalars, loop.hi - loop.lo) if loop.world > 1 else scalars)
+    progress.history.append(record)
+    bar.set_postfix(loss=f"{progress.last_loss:.4f}")
+    loop.ctx.log.info("%s step %d/%d %s", loop.phase, progress.step, section.steps,
+                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+
+
+def _maybe_evaluate(loop: _Loop) -> None:
+    """Every ``eval_every`` steps before the last: evaluate on rank 0 and log the metrics."""
+    ctx, step, section = loop.ctx, loop.progress.step, loop.section
+    if section.eval_every and step % section.eval_every == 0 and step < section.steps:
+        distributed.on_main(lambda: ctx.log.info("%s step %d eval %s", loop.phase, step,
+                                                 evaluate_model(ctx, loop.model)), share=False)
+
+
+def _maybe_checkpoint(loop: _Loop) -> None:
+    """Every ``checkpoint_every`` steps before the last: a checkpoint (the last step's is written by :func:`_end`)."""
+    step, section = loop.progress.step, loop.section
+    if section.checkpoint_every and step % section.checkpoint_every == 0 and step < section.steps:
+        _checkpoint(loop.ctx, loop.phase, loop.model, loop.objective, loop.optimizer, loop.progress, loop.started,
+                    section.steps)
+        loop.saved_at = step
+
+
+def _end(loop: _Loop, stopping: bool) -> TrainResult:
+    """The final checkpoint (or that of the step Ctrl-C stopped at, then :class:`TrainingInterrupted`)."""
+    ctx, phase, progress, steps = loop.ctx, loop.phase, loop.progress, loop.section.steps
+    progress.seconds += time.perf_counter() - loop.started
+    if loop.world > 1:
+        distributed.broadcast_buffers(loop.model)  # e.g. BatchNorm statistics: rank 0's, as checkpointed
+    if loop.saved_at != progress.step:  # the final checkpoint, or the step Ctrl-C stopped at
+        _checkpoint(ctx, phase, loop.model, loop.objective, loop.optimizer, progress, None, steps)
     if stopping:
         name = checkpoint_name(phase, progress.step)
-        ctx.log.info("%s: interrupted at step %d of %d; checkpoint %s written", phase, progress.step,
-                     section.steps, name)
-        raise TrainingInterrupted(f"{phase}: interrupted at step {progress.step} of {section.steps}; "
+        ctx.log.info("%s: interrupted at step %d of %d; checkpoint %s written", phase, progress.step, steps, name)
+        raise TrainingInterrupted(f"{phase}: interrupted at step {progress.step} of {steps}; "
                                   f"checkpoint {name} written")
-    return _finish(ctx, phase, model, objective, section, progress)
+    return _finish(loop.ctx, phase, loop.model, loop.objective, loop.section, progress)
 
 
 def _teacher_outputs(target: Any, teacher: torch.nn.Module | None) -> Callable[[torch.Tensor, dict[str, Any]], Any]:
