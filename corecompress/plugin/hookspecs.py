@@ -20,7 +20,14 @@ Component protocols (each at most three required methods):
 - importance: ``score(model, groups, context) -> dict[group name, Tensor]`` (higher = keep);
   attribute ``needs`` ⊆ {"data", "grad"} (also given at registration).
 - applier: ``apply(model, groups, plan, context) -> nn.Module`` (the model to train from now on).
-- schedule: ``__call__(step, total_steps) -> float`` — a pure function of the step.
+- schedule: ``__call__(step, total_steps) -> float`` — a pure function of the step. As a learning-rate
+  or loss-weight schedule: the multiplier at optimizer step ``step`` (0-based) of ``total_steps``. As a
+  sparsity ramp (``prune.ramp``; Zhu & Gupta 2018, "To prune, or not to prune"): called as
+  ``ramp(k, rounds)`` for gradual-pruning round k = 1..rounds, it returns the FRACTION OF THE FINAL
+  SPARSITY reached after round k — conceptually 0 before the first round (k = 0) and 1 at k = rounds —
+  and round k prunes to ``prune.sparsity · ramp(k, rounds)``. The values must lie in [0, 1], never
+  decrease (a pruned unit stays pruned) and reach 1 at the last round; recipes are refused otherwise.
+  Built in: ``sparsity_cubic`` 1 − (1 − k/R)³ and ``sparsity_linear`` k/R (``ramp: cubic`` / ``linear``).
 - loss: an ``nn.Module`` whose ``forward(outputs, batch, teacher_outputs=None)`` returns a dict with a
   ``"loss"`` tensor and named float/tensor parts for logging; ``setup(context)`` before training.
 - target: ``prepare(teacher, dataset, context)``; ``__call__(batch) -> Tensor`` teacher targets.
