@@ -29,7 +29,8 @@ import yaml
 
 from corecompress.errors import RecipeError, UserError
 from corecompress.config.options import check_range, join_path, options_to_dict, parse_options, printable, short_repr, shown
-from corecompress.pruning.gradual import round_steps
+from corecompress.config.options import close_match, quoted
+from corecompress.pruning.gradual import RAMP_SHORTHANDS, round_sparsities, round_steps
 from corecompress.plugin.registry import Registry
 from corecompress.config.needs import check_recipe_needs
 
@@ -59,9 +60,11 @@ class Choice:
         return {"name": self.name, **(options_to_dict(self.options) or {})}
 
 
-def choice(kind: str, default: str | None = None, help: str = "") -> Any:  # noqa: A002
-    """A dataclass field holding a component of ``kind`` (a name, or a mapping with ``name``)."""
-    meta = {"component": kind, "help": help}
+def choice(kind: str, default: str | None = None, help: str = "",  # noqa: A002
+           aliases: dict[str, str] | None = None) -> Any:
+    """A dataclass field holding a component of ``kind`` (a name, or a mapping with ``name``);
+    ``aliases`` maps other names this field accepts to registered ones."""
+    meta = {"component": kind, "help": help, "aliases": dict(aliases or {})}
     if default is None:
         return field(default=None, metadata=meta)
     return field(default_factory=lambda: Choice(default), metadata=meta)
@@ -139,8 +142,9 @@ class PruneSection:
     plan: str | None = field(default=None, metadata={"help": "use this plan.json instead of scoring"})
     rounds: int = field(default=1, metadata={
         "help": "1 = one-shot (FACES); more = gradual pruning during retraining, soft masks between rounds"})
-    ramp: Literal["cubic", "linear"] = field(default="cubic", metadata={
-        "help": "how the sparsity of gradual rounds rises (cubic: Zhu & Gupta 2018)"})
+    ramp: Any = choice("schedule", "sparsity_cubic", "gradual: round k of R prunes to sparsity · ramp(k, R), a "
+                       "schedule in [0, 1] rising to 1 (cubic: Zhu & Gupta 2018; linear; or a plugin's by name)",
+                       aliases=RAMP_SHORTHANDS)
     ramp_fraction: float = field(default=0.5, metadata={
         "help": "gradual: the last round prunes after this fraction of retrain.steps"})
 
@@ -359,7 +363,8 @@ def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
                 resolved.append(_resolve(c, kind, join_path(fpath, i), registry))
             setattr(obj, f.name, resolved)
         elif kind and value is not None:
-            setattr(obj, f.name, _resolve(_parse_choice(value, fpath), kind, fpath, registry))
+            chosen = _alias(_parse_choice(value, fpath), f.metadata.get("aliases") or {}, kind, fpath, registry)
+            setattr(obj, f.name, _resolve(chosen, kind, fpath, registry))
         elif dataclasses.is_dataclass(value):
             _walk_choices(value, type(value), fpath, registry)
 
@@ -367,6 +372,32 @@ def _walk_choices(obj: Any, cls: type, path: str, registry: Registry) -> None:
 def _is_list_field(cls: type, f: dataclasses.Field) -> bool:
     """A field holding a list of components (``evaluate: list[Any]``) rather than one component."""
     return typing.get_origin(typing.get_type_hints(cls).get(f.name)) is list
+
+
+def _alias(c: Choice, aliases: dict[str, str], kind: str, path: str, registry: Registry) -> Choice:
+    """The choice under its registered name (``prune.ramp: cubic`` is the schedule ``sparsity_cubic``);
+    an unknown name is reported with close matches among the aliases too."""
+    if not aliases:
+        return c
+    c.name = aliases.get(c.name, c.name)
+    if c.name not in registry.components[kind]:
+        known = sorted(set(registry.names(kind)) | set(aliases))
+        raise RecipeError(join_path(path, "name") if c.raw else path,
+                          f"unknown {kind} {quoted(c.name)}" + close_match(c.name, known)
+                          + f" (registered: {', '.join(known)})")
+    return c
+
+
+def _check_ramp(prune: PruneSection, registry: Registry) -> None:
+    """Gradual pruning's round sparsities, ``sparsity · ramp(k, rounds)`` (Zhu & Gupta 2018), must be
+    fractions in [0, 1] that rise to 1: checked here, so a bad ramp fails before anything runs."""
+    if prune.rounds == 1:
+        return
+    ramp = registry.get("schedule", prune.ramp.name).create(prune.ramp.options)
+    try:
+        round_sparsities(prune.sparsity, prune.rounds, ramp)
+    except ValueError as exc:
+        raise RecipeError("prune.ramp", f"'{prune.ramp.name}': {exc}") from None
 
 
 def _resolve(c: Choice, kind: str, path: str, registry: Registry) -> Choice:
@@ -383,6 +414,8 @@ def validate_recipe(data: dict[str, Any], registry: Registry, *, check_matrix: b
     recipe = parse_options(Recipe, raw, "")
     _walk_choices(recipe, Recipe, "", registry)
     check_recipe_needs(recipe, registry)
+    if recipe.prune is not None:
+        _check_ramp(recipe.prune, registry)
     if check_matrix:
         if recipe.matrix:
             for _label, cell in expand_matrix(raw):

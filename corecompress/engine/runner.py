@@ -38,7 +38,7 @@ from corecompress.engine.evaluate import evaluate_model
 from corecompress.tools.export import export_run, load_weights_file
 from corecompress.plugin.loading import LoadedPlugins
 from corecompress.pruning.gradual import (
-    GradualPruner, complete_masks, plan_from_masks, round_sparsities, round_steps,
+    GradualPruner, complete_masks, plan_from_masks, ramp_label, round_sparsities, round_steps,
 )
 from corecompress.pruning.plan import PruningPlan, make_plan
 from corecompress.config.recipe import Recipe, recipe_to_dict
@@ -119,7 +119,7 @@ def plan(ctx: RunContext) -> Any:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{source}: not a readable pruning plan ({str(exc).splitlines()[0][:200]})") from None
     else:
-        first = round_sparsities(p.sparsity, p.rounds, p.ramp)[0]  # = p.sparsity for one-shot pruning
+        first = _round_sparsities(ctx)[0]  # = p.sparsity for one-shot pruning
         ctx.plan = _make_plan(ctx, ctx.scores, first)
     ctx.plan = _agree_on_plan(ctx, ctx.plan)
     try:
@@ -206,7 +206,7 @@ def _gradual_pruner(ctx: RunContext) -> GradualPruner:
         raise UserError(f"prune.rounds: gradual pruning with the gradient-based importance '{p.importance.name}' "
                         "is not supported under torchrun; use rounds: 1 or a data-free importance")
     pruner = GradualPruner(
-        ctx, ctx.groups, round_sparsities(p.sparsity, p.rounds, p.ramp),
+        ctx, ctx.groups, _round_sparsities(ctx),
         round_steps(p.rounds, ctx.recipe.retrain.steps, p.ramp_fraction),
         make=lambda scores, sparsity: _make_plan(ctx, scores, sparsity),
         score=lambda model: importance.score(model, ctx.groups, ctx),
@@ -220,11 +220,23 @@ def _gradual_pruner(ctx: RunContext) -> GradualPruner:
     return pruner
 
 
+def _round_sparsities(ctx: RunContext) -> list[float]:
+    """Round k's sparsity, ``prune.sparsity · ramp(k, rounds)`` with the recipe's ramp schedule (Zhu &
+    Gupta 2018); one round (one-shot pruning) is ``[prune.sparsity]``."""
+    p = ctx.recipe.prune
+    if p.rounds == 1:
+        return [p.sparsity]
+    try:
+        return round_sparsities(p.sparsity, p.rounds, ctx.create("schedule", p.ramp))
+    except ValueError as exc:  # validate_recipe checks this too; here for recipes built without it
+        raise UserError(f"prune.ramp: '{p.ramp.name}': {exc}") from None
+
+
 def _finish_gradual(ctx: RunContext) -> None:
     """The masks hold the last round's plan: apply it with the recipe's applier (physical by default)."""
     p = ctx.recipe.prune
     final = plan_from_masks(ctx.groups, ctx.masks, meta={**ctx.plan.meta, "sparsity": p.sparsity, "rounds": p.rounds,
-                                                         "ramp": p.ramp},
+                                                         "ramp": ramp_label(p.ramp)},
                             names=set(ctx.plan.groups))
     ctx.plan = final
     _save_plan(ctx, "plan.json", final)

@@ -66,7 +66,13 @@ class Applier(Protocol):
 
 @runtime_checkable
 class Schedule(Protocol):
-    """A pure function of the step: a learning-rate factor, a loss weight or a sparsity ramp value."""
+    """A pure function of the step. As a learning-rate or loss-weight schedule: the multiplier at
+    optimizer step ``step`` (0-based) of ``total_steps``. As a sparsity ramp (``prune.ramp``; Zhu & Gupta
+    2018, "To prune, or not to prune"): called as ``ramp(k, rounds)`` for gradual-pruning round
+    k = 1..rounds, it returns the fraction of the final sparsity reached after round k, and round k
+    prunes to ``prune.sparsity · ramp(k, rounds)``; the values must lie in [0, 1], never decrease (a
+    pruned unit stays pruned) and reach 1 at the last round, else the recipe is refused. Built in:
+    ``sparsity_cubic`` 1 − (1 − k/R)³ and ``sparsity_linear`` k/R (``ramp: cubic`` / ``linear``)."""
 
     def __call__(self, step: int, total_steps: int) -> float: ...
 

@@ -3,15 +3,19 @@
 The schedule of Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
 compression" (ICLR workshop 2018): round k of R prunes to
 
-    s_k = s_final · (1 − (1 − k/R)³)        (``ramp: cubic``; ``linear``: s_final · k/R)
+    s_k = s_final · ramp(k, R),   e.g. ramp(k, R) = 1 − (1 − k/R)³   (``ramp: cubic``; ``linear``: k/R)
 
-— every ratio relative to the *original* model. Round 1 happens before the first retraining step,
-round R after ``ramp_fraction`` of the retraining steps, the rounds in between evenly spaced; the rest
-of retraining fine-tunes at the final sparsity. Between rounds the model keeps its size: what a round
-removes is zeroed and re-zeroed after every optimizer step (soft masks), and a unit removed once stays
-removed (its score is −∞ in later rounds). After retraining, the plan the masks describe is applied
-with the recipe's applier — physically, by default — which changes nothing the model computes
-(masked ≡ physical by construction).
+— every ratio relative to the *original* model. The ramp is a schedule component (``prune.ramp``, a
+name or a mapping with ``name`` and options): built in are ``sparsity_cubic`` and ``sparsity_linear``,
+which recipes may call ``cubic`` and ``linear`` (:data:`RAMP_SHORTHANDS`; the learning-rate schedule
+``linear`` is something else); a plugin's schedule works under its own name.
+
+Round 1 happens before the first retraining step, round R after ``ramp_fraction`` of the retraining
+steps, the rounds in between evenly spaced; the rest of retraining fine-tunes at the final sparsity.
+Between rounds the model keeps its size: what a round removes is zeroed and re-zeroed after every
+optimizer step (soft masks), and a unit removed once stays removed (its score is −∞ in later rounds).
+After retraining, the plan the masks describe is applied with the recipe's applier — physically, by
+default — which changes nothing the model computes (masked ≡ physical by construction).
 
 One optimizer and one learning-rate schedule run through all rounds (as in Zhu & Gupta), so a
 gradual run and a one-shot run with the same ``retrain.steps`` have the same retraining budget.
@@ -19,8 +23,9 @@ gradual run and a one-shot run with the same ``retrain.steps`` have the same ret
 from __future__ import annotations
 
 import math
+import numbers
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
@@ -28,20 +33,63 @@ from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.masking import MaskSet, build_masks
 from corecompress.pruning.plan import GroupPlan, PruningPlan
 
-Ramp = Literal["cubic", "linear"]
+#: A sparsity ramp: a schedule called as ``ramp(k, rounds)`` for round k = 1..rounds, returning the
+#: fraction of the final sparsity reached (see the schedule protocol in corecompress.plugin.hookspecs).
+Ramp = Callable[[int, int], float]
+
+#: What ``prune.ramp`` may also say, for the built-in ramps' registered names (kept from before ramps
+#: were schedule components; the plain schedule name ``linear`` is a learning-rate schedule).
+RAMP_SHORTHANDS: dict[str, str] = {"cubic": "sparsity_cubic", "linear": "sparsity_linear"}
+
+#: How far from 1 the ramp's value at the last round may be (float noise); the last round then prunes
+#: to exactly the final sparsity.
+LAST_ROUND_TOLERANCE = 1e-9
 
 
-def round_sparsities(final: float, rounds: int, ramp: Ramp = "cubic") -> list[float]:
-    """Sparsity of rounds 1..R; the last is exactly ``final``."""
+def round_sparsities(final: float, rounds: int, ramp: Ramp) -> list[float]:
+    """Sparsity of rounds 1..R: ``final · ramp(k, R)`` (Zhu & Gupta 2018); the last is exactly ``final``.
+
+    Gradual pruning needs a monotone plan (a removed unit stays removed), so the ramp's values must be
+    numbers in [0, 1] that never decrease and reach 1 at round R; anything else is a ValueError that
+    names the round. One round is one-shot pruning: ``[final]``, without asking the ramp.
+    """
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
-    out = []
+    if rounds == 1:
+        return [final]
+    fractions: list[float] = []
     for k in range(1, rounds + 1):
-        progress = k / rounds
-        fraction = 1.0 - (1.0 - progress) ** 3 if ramp == "cubic" else progress
-        out.append(final * fraction)
+        try:
+            value = ramp(k, rounds)
+        except ArithmeticError as exc:  # e.g. an overflow of the ramp's options
+            raise ValueError(f"the ramp failed for round {k} of {rounds}: {exc}") from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"the ramp gave {value!r} for round {k} of {rounds}; expected a number in [0, 1]")
+        fraction = float(value)
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"the ramp gave {fraction} for round {k} of {rounds}; it must be a fraction of the "
+                             "final sparsity, in [0, 1]")
+        if fractions and fraction < fractions[-1]:
+            raise ValueError(f"the ramp decreases from {fractions[-1]} (round {k - 1}) to {fraction} (round {k}) "
+                             f"of {rounds}; pruned units stay pruned, so the sparsity may only rise")
+        fractions.append(fraction)
+    if abs(fractions[-1] - 1.0) > LAST_ROUND_TOLERANCE:
+        raise ValueError(f"the ramp reaches {fractions[-1]} at the last round ({rounds}); it must reach 1, "
+                         "the final prune.sparsity")
+    out = [final * fraction for fraction in fractions]
     out[-1] = final
     return out
+
+
+def ramp_label(chosen: Any) -> str | dict[str, Any]:
+    """How plans record the recipe's ramp (a ``Choice``): its name — ``cubic`` / ``linear`` for the
+    built-ins, as recipes say them — or, for a ramp with options, the mapping ``{name, options...}``."""
+    described = chosen.to_dict()
+    name = described.pop("name")
+    if described:
+        return {"name": name, **described}
+    shorthand = {full: short for short, full in RAMP_SHORTHANDS.items()}
+    return shorthand.get(name, name)
 
 
 def round_steps(rounds: int, total_steps: int, ramp_fraction: float) -> list[int]:

@@ -1,4 +1,10 @@
-"""Schedules: pure functions of (step, total_steps) returning a multiplier (learning rate, loss weight)."""
+"""Schedules: pure functions of (step, total_steps).
+
+Learning-rate and loss-weight schedules return a multiplier at optimizer step ``step`` of ``total_steps``.
+Sparsity ramps (``prune.ramp``) are called as ``ramp(k, rounds)`` and return the fraction of the final
+sparsity that round k of gradual pruning reaches (Zhu & Gupta, "To prune, or not to prune", 2018); see
+the schedule protocol in :mod:`corecompress.plugin.hookspecs`.
+"""
 from __future__ import annotations
 
 import math
@@ -79,8 +85,33 @@ class Linear:
         return _warmup(step, self.o.warmup_steps) * (self.o.start + (self.o.end - self.o.start) * progress)
 
 
+def _progress(step: int, total_steps: int) -> float:
+    """``step / total_steps``, clamped to [0, 1] (the value itself for 0 ≤ step ≤ total_steps ≥ 1)."""
+    return min(1.0, max(0.0, step / max(1, total_steps)))
+
+
+class CubicRamp:
+    """Zhu & Gupta (2018): round k of R reaches 1 − (1 − k/R)³ of the final sparsity — fast early, when
+    there are redundant units to spare, then slower as the model gets small."""
+
+    def __call__(self, step: int, total_steps: int) -> float:
+        return 1.0 - (1.0 - _progress(step, total_steps)) ** 3
+
+
+class LinearRamp:
+    """Round k of R reaches k/R of the final sparsity: an equal share of units removed by every round."""
+
+    def __call__(self, step: int, total_steps: int) -> float:
+        return _progress(step, total_steps)
+
+
 def register(register: Any) -> None:
     register("constant", Constant, ConstantOptions, description="a constant multiplier")
     register("step", StepDecay, StepOptions, description="×gamma at each milestone")
     register("cosine", Cosine, CosineOptions, description="warm-up then cosine decay")
     register("linear", Linear, LinearOptions, description="linear from start to end")
+    # Sparsity ramps; recipes may say prune.ramp: cubic / linear (corecompress.pruning.gradual.RAMP_SHORTHANDS).
+    register("sparsity_cubic", CubicRamp,
+             description="sparsity ramp 1 − (1 − k/R)³ of the final sparsity (Zhu & Gupta 2018; prune.ramp: cubic)")
+    register("sparsity_linear", LinearRamp,
+             description="sparsity ramp k/R of the final sparsity (prune.ramp: linear)")
