@@ -21,20 +21,7 @@ from pathlib import Path
 import torch
 
 from cli_args import count
-from corecompress.testing.chaos import chaos
-
-RECIPE = {
-    "version": 1, "name": "chaos", "seed": 3, "threads": 1, "deterministic": True,
-    "model": {"name": "tiny_vit", "num_outputs": 16},
-    "data": {"name": "synthetic_prototypes", "num_classes": 6, "train_per_class": 8},
-    "train": {"steps": 12, "batch_size": 12, "lr": 3e-3, "checkpoint_every": 3, "log_every": 2,
-              "objective": {"name": "arcface", "s": 16}},
-    "teacher": {}, "evaluate": ["accuracy"],
-    "prune": {"importance": "l1", "targets": ["channels", "neurons"], "sparsity": 0.5, "apply": "physical"},
-    "retrain": {"steps": 12, "batch_size": 12, "lr": 1e-3, "checkpoint_every": 3, "log_every": 2,
-                "objective": {"name": "adadistill", "s": 16}},
-}
-
+from corecompress.testing.chaos import chaos, chaos_recipe
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,7 +41,7 @@ def main() -> None:
         if not kills:
             continue
         start = time.perf_counter()
-        report = chaos(args.work / f"ranks{ranks}", RECIPE, kills, args.seed, ranks=ranks)
+        report = chaos(args.work / f"ranks{ranks}", chaos_recipe(steps=12), kills, args.seed, ranks=ranks)
         injected += len(report.kills)
         survived += report.survived
         where = ", ".join(f"{k['kind']} {k.get('phase', k.get('stage'))}{' ' + str(k['step']) if 'step' in k else ''}"

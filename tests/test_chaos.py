@@ -19,19 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from corecompress import hookimpl
 from corecompress.engine.checkpoint import verify_checkpoint
-from corecompress.testing.chaos import chaos, choose_kills, compare_runs, timeline
+from corecompress.testing.chaos import chaos, chaos_recipe, choose_kills, compare_runs, timeline
 
-RECIPE = {  # train with a margin head -> physical pruning -> AdaDistill from the unpruned teacher
-    "version": 1, "name": "chaos", "seed": 3, "threads": 1, "deterministic": True,
-    "model": {"name": "tiny_vit", "num_outputs": 16},
-    "data": {"name": "synthetic_prototypes", "num_classes": 6, "train_per_class": 8},
-    "train": {"steps": 8, "batch_size": 12, "lr": 3e-3, "checkpoint_every": 3, "log_every": 2,
-              "objective": {"name": "arcface", "s": 16}},
-    "teacher": {}, "evaluate": ["accuracy"],
-    "prune": {"importance": "l1", "targets": ["channels", "neurons"], "sparsity": 0.5, "apply": "physical"},
-    "retrain": {"steps": 8, "batch_size": 12, "lr": 1e-3, "checkpoint_every": 3, "log_every": 2,
-                "objective": {"name": "adadistill", "s": 16}},
-}
+RECIPE = chaos_recipe()  # train with a margin head -> physical pruning -> AdaDistill from the unpruned teacher
 
 
 def test_kill_points_cover_training_checkpoints_and_evaluation_in_run_order():

@@ -11,32 +11,16 @@ import yaml
 
 from corecompress.plugin.loading import load_plugins
 from corecompress.config.recipe import validate_recipe
+from tests_shared import with_placeholder_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = load_plugins().registry
 
 
-def _point_paths_at(node, tmp_path):
-    """Replace every /data/... string by a file or folder that exists under tmp_path."""
-    if isinstance(node, dict):
-        return {k: _point_paths_at(v, tmp_path) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_point_paths_at(v, tmp_path) for v in node]
-    if isinstance(node, str) and node.startswith("/data/"):
-        target = tmp_path / node.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if Path(node).suffix:
-            target.write_bytes(b"")
-        else:
-            target.mkdir(exist_ok=True)
-        return str(target)
-    return node
-
-
 @pytest.mark.parametrize("name", ["faces_swinface_verification", "faces_swinface_attributes"])
 def test_real_size_recipes_validate_with_data(name, tmp_path):
     raw = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
-    recipe = validate_recipe(_point_paths_at(raw, tmp_path), REGISTRY)
+    recipe = validate_recipe(with_placeholder_inputs(raw, tmp_path), REGISTRY)
     assert recipe.model.options.preset == "swin_t"
     assert recipe.prune.importance.name == "faces" and recipe.prune.apply.name == "physical"
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,24 @@ def run_until_checkpoint(tmp_path: Path, recipe: Path, out: Path, phase: str, si
             child.kill()
             child.wait()
     return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+def with_placeholder_inputs(node: Any, tmp_path: Path) -> Any:
+    """``node`` (a recipe) with its input paths made to exist: ``/data/...`` (real-size data and weights) and
+    ``runs/...`` (another run's outputs) as empty placeholders under ``tmp_path``, ``../shared/data/...``
+    as the shared data (skipping the test, saying so, where it is absent)."""
+    if isinstance(node, dict):
+        return {k: with_placeholder_inputs(v, tmp_path) for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_placeholder_inputs(v, tmp_path) for v in node]
+    if isinstance(node, str) and node.startswith("../shared/data/"):
+        return str(shared_file(node[len("../shared/data/"):]))
+    if isinstance(node, str) and (node.startswith("/data/") or node.startswith("runs/")):
+        target = tmp_path / "inputs" / node.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(node).suffix:
+            target.write_bytes(b"")
+        else:
+            target.mkdir(exist_ok=True)
+        return str(target)
+    return node

@@ -30,6 +30,8 @@ class RunContext:
     masks: Any = None               # MaskSet while soft masks are active
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    resuming: bool = False          # ``run --resume``: training phases continue from their checkpoints
+    resume_plan: str | None = None  # on resume: the run's own plan.json, used instead of scoring
     artifacts: ArtifactStore = field(default_factory=ArtifactStore)  # what components hand to each other
     state: dict[str, Any] = field(default_factory=dict)  # a component's own scratch space (never a handover)
 

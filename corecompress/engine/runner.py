@@ -45,7 +45,7 @@ from corecompress.config.recipe import Recipe, recipe_to_dict
 from corecompress.engine.rundir import (
     STATUS_FILE, RunLock, atomic_write_bytes, create_run_dir, environment, read_status, write_json,
 )
-from corecompress.engine.training import RESUMING, train
+from corecompress.engine.training import train
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -99,7 +99,7 @@ def score(ctx: RunContext) -> Any:
     ctx.groups = ctx.model_spec.prunable_groups(ctx.model, tuple(p.targets))
     if not ctx.groups:
         raise UserError(f"prune.targets: model '{ctx.recipe.model.name}' has no prunable groups of kind {p.targets}")
-    if p.plan or ctx.state.get(RESUME_PLAN):
+    if p.plan or ctx.resume_plan:
         return None
     importance = ctx.create("importance", p.importance)
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def plan(ctx: RunContext) -> Any:
     p = ctx.recipe.prune
     if p is None:
         return None
-    source = ctx.state.get(RESUME_PLAN) or p.plan
+    source = ctx.resume_plan or p.plan
     if source:
         try:
             ctx.plan = PruningPlan.load(source)
@@ -212,7 +212,7 @@ def _gradual_pruner(ctx: RunContext) -> GradualPruner:
         score=lambda model: importance.score(model, ctx.groups, ctx),
         agree=lambda own: _agree_on_plan(ctx, own),
         save=lambda k, plan: _save_plan(ctx, plan_file(ctx.recipe, k), plan))
-    if ctx.state.get(RESUMING) and distributed.is_main():  # rounds done before the interruption, from their plans
+    if ctx.resuming and distributed.is_main():  # rounds done before the interruption, from their plans
         for k in range(2, p.rounds + 1):
             path = ctx.out_dir / plan_file(ctx.recipe, k)
             if _readable_plan(path, ctx.log):
@@ -273,7 +273,6 @@ STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
 ]
 
 
-RESUME_PLAN = "resume_plan"  # ctx.state: the run's own plan.json, used instead of scoring on resume
 
 
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
@@ -372,10 +371,10 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device(),
                      artifacts=ArtifactStore(out_dir, producers=plugins.registry.producers_of))
     if resumes:
-        ctx.state[RESUMING] = True
+        ctx.resuming = True
         first_plan = out_dir / plan_file(recipe)
         if recipe.prune is not None and distributed.on_main(lambda: _readable_plan(first_plan, log)):
-            ctx.state[RESUME_PLAN] = str(first_plan)
+            ctx.resume_plan = str(first_plan)
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
     try:
         for name, stage in STAGES:

@@ -51,7 +51,6 @@ from corecompress.engine.evaluate import evaluate_model
 from corecompress.config.recipe import TrainSection
 
 
-RESUMING = "resuming"  # ctx.state flag set by the runner on ``run --resume``: phases look for checkpoints
 
 
 class NonFiniteLossError(UserError):
@@ -240,7 +239,7 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
     optimizer = make_optimizer(section, params)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     progress = _Progress()
-    resumed = _resume(ctx, phase, model, objective, optimizer, progress) if ctx.state.get(RESUMING) else None
+    resumed = _resume(ctx, phase, model, objective, optimizer, progress) if ctx.resuming else None
     if resumed is not None and progress.step >= section.steps:  # this phase had finished: weights loaded
         ctx.log.info("%s: complete in checkpoint %s; not trained again", phase, resumed.path.name)
         _restore_rng(resumed, seed, phase)
@@ -465,7 +464,6 @@ def _teacher_outputs(target: Any, teacher: torch.nn.Module | None) -> Callable[[
 def _finish(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module, section: TrainSection,
             progress: _Progress) -> TrainResult:
     model.eval()
-    ctx.state[f"{phase}_objective"] = objective
     on_train_end = getattr(objective, "on_train_end", None)
     if callable(on_train_end):  # every rank (e.g. a sharded head gathers its full matrix here)
         on_train_end(ctx)

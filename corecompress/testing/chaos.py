@@ -71,6 +71,21 @@ from corecompress.tools.cli import main
 sys.exit(main(sys.argv[2:]))
 '''
 
+def chaos_recipe(steps: int = 8, checkpoint_every: int = 3) -> dict[str, Any]:
+    """The chaos runs' recipe: a tiny ViT trained with an ArcFace head, L1 physical pruning, then AdaDistill
+    from the unpruned teacher (its class centres are part of what must survive), accuracy evaluation."""
+    phase = {"steps": steps, "batch_size": 12, "checkpoint_every": checkpoint_every, "log_every": 2}
+    return {
+        "version": 1, "name": "chaos", "seed": 3, "threads": 1, "deterministic": True,
+        "model": {"name": "tiny_vit", "num_outputs": 16},
+        "data": {"name": "synthetic_prototypes", "num_classes": 6, "train_per_class": 8},
+        "train": {**phase, "lr": 3e-3, "objective": {"name": "arcface", "s": 16}},
+        "teacher": {}, "evaluate": ["accuracy"],
+        "prune": {"importance": "l1", "targets": ["channels", "neurons"], "sparsity": 0.5, "apply": "physical"},
+        "retrain": {**phase, "lr": 1e-3, "objective": {"name": "adadistill", "s": 16}},
+    }
+
+
 PHASE_STAGES = (("train", ("evaluate_before",)), ("retrain", ("evaluate_after",)))
 
 

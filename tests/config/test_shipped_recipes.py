@@ -15,30 +15,10 @@ from typing import Any
 import pytest
 
 from corecompress.config.recipe import read_recipe
-from tests_shared import shared_file
+from tests_shared import with_placeholder_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(REPO.glob("recipes/**/*.yaml"))
-SHARED_PREFIX = "../shared/data/"
-
-
-def _inputs_available(node: Any, tmp_path: Path) -> Any:
-    """``node`` with its input paths pointed at placeholders or at the shared data (see the module docstring)."""
-    if isinstance(node, dict):
-        return {k: _inputs_available(v, tmp_path) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_inputs_available(v, tmp_path) for v in node]
-    if isinstance(node, str) and node.startswith(SHARED_PREFIX):
-        return str(shared_file(node[len(SHARED_PREFIX):]))
-    if isinstance(node, str) and (node.startswith("/data/") or node.startswith("runs/")):
-        target = tmp_path / "inputs" / node.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if Path(node).suffix:
-            target.write_bytes(b"")
-        else:
-            target.mkdir(exist_ok=True)
-        return str(target)
-    return node
 
 
 def test_every_recipe_folder_is_covered() -> None:
@@ -52,7 +32,7 @@ def test_shipped_recipe_validates(cli, tmp_path: Path, recipe: Path) -> None:  #
     raw = read_recipe(recipe)
     assert "extends" not in raw
     path = tmp_path / recipe.with_suffix(".json").name
-    path.write_text(json.dumps(_inputs_available(raw, tmp_path)))
+    path.write_text(json.dumps(with_placeholder_inputs(raw, tmp_path)))
     code, out, err = cli("validate", path)
     assert code == 0, err
     assert f"valid (recipe '{raw['name']}'" in out
