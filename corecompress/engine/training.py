@@ -217,6 +217,7 @@ class _Loop:
     global_batch: int
     share: float  # this rank's weight in the gradient average (1 for equal slices)
     started: float = 0.0
+    first_step: int = 0  # the step this process started (or resumed) the phase at
     saved_at: int = -1  # the step of the last checkpoint this run wrote or resumed from
 
 
@@ -302,6 +303,7 @@ def _begin(loop: _Loop, resumed: Checkpoint | None) -> None:
         seed_phase(loop.seed, f"{loop.phase}/rank{loop.rank}")
     loop.model.train()
     loop.started = time.perf_counter()
+    loop.first_step = loop.progress.step
     loop.saved_at = loop.progress.step if resumed is not None else -1
 
 
@@ -412,8 +414,18 @@ def _log_step(loop: _Loop, parts: dict[str, Any], bar: Any) -> None:
     record.update(distributed.all_reduce_mean(scalars, loop.hi - loop.lo) if loop.world > 1 else scalars)
     progress.history.append(record)
     bar.set_postfix(loss=f"{progress.last_loss:.4f}")
-    loop.ctx.log.info("%s step %d/%d %s", loop.phase, progress.step, section.steps,
-                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+    loop.ctx.log.info("%s step %d/%d %s%s", loop.phase, progress.step, section.steps,
+                      " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"), _pace(loop))
+
+
+def _pace(loop: _Loop) -> str:
+    """`` 3.1 steps/s, ETA 0:02:10`` from the steps this process ran (not written to the history)."""
+    done, seconds = loop.progress.step - loop.first_step, time.perf_counter() - loop.started
+    if done <= 0 or seconds <= 0:
+        return ""
+    rate = done / seconds
+    left = round((loop.section.steps - loop.progress.step) / rate)
+    return f" {rate:.3g} steps/s, ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
 
 def _maybe_evaluate(loop: _Loop) -> None:
