@@ -2,7 +2,7 @@
 
 The student → teacher embedding projector (a bias-free ``Linear(d_s → d_t)``, FitNets-style regressor:
 Romero et al., ICLR 2015) and the embedding-size helpers around it. Other plugins import these from
-here only, never from the plugin's private modules; tests/test_import_boundaries.py checks it.
+here only, never from the plugin's private modules; tests/plugin/test_import_boundaries.py checks it.
 """
 from __future__ import annotations
 

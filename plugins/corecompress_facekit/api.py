@@ -1,7 +1,7 @@
 """The stable public surface of the corecompress_facekit plugin: what other plugins may import.
 
 Other plugins import face-specific helpers from here only, never from facekit's private modules
-(``losses``, ``heads``, ``targets``...), which may change; tests/test_import_boundaries.py checks it.
+(``losses``, ``heads``, ``targets``...), which may change; tests/plugin/test_import_boundaries.py checks it.
 Margin math: the combined margin of ArcFace (Deng et al., CVPR 2019) / CosFace (Wang et al., CVPR 2018).
 Helpers that are not face-specific (seeded generator, context device) are in the core:
 :mod:`corecompress.engine.components`.

@@ -1,4 +1,4 @@
-"""SwinFace multi-task heads and the 42 -> 40 CelebA mapping (the FACES attribute head: tests/test_faces.py)."""
+"""SwinFace multi-task heads and the 42 -> 40 CelebA mapping (the FACES attribute head: tests/faces_pruner/test_faces.py)."""
 from __future__ import annotations
 
 import math

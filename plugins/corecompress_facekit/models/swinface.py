@@ -9,7 +9,7 @@ The trunk is timm's ``SwinTransformer`` (``self.trunk``), built headless (``num_
 ``trunk.layers.{s}.blocks.{b}``; the reference patch merge *after* stage ``s`` lives in timm at the
 *start* of stage ``s + 1`` (``trunk.layers.{s+1}.downsample``).  Nothing here hard-codes channel or
 head counts of a block, so blocks whose ``attn.qkv`` / ``mlp.fc1`` take a channel subset, or whose
-attention has fewer heads, keep working (tests/face/test_swinface.py).  Caveat from timm 1.0.x:
+attention has fewer heads, keep working (tests/facekit/test_swinface.py).  Caveat from timm 1.0.x:
 ``SwinTransformerBlock._attn`` reshapes the attention output with the channel count of the *norm1
 output*, so a slimmed ``norm1`` fails; slice inside ``attn.qkv`` instead
 (``nn.Sequential(IndexSelect(kept), Linear(k, 3C))``).  A slimmed ``norm2`` feeding a sliced

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 
 # (script, bad arguments, text the error must name): one case per script

@@ -1,6 +1,6 @@
 """The class-sharded margin head (Partial FC, An et al., ICCVW 2021): ``sharded: true`` on the margin losses.
 
-On 2 gloo processes (one torchrun launch through tests/test_distributed.py's helper): the sharded loss
+On 2 gloo processes (one torchrun launch through tests/engine/test_distributed.py's helper): the sharded loss
 equals the unsharded one — loss value, embedding gradients and centre gradients within 1e-5 — for
 ArcFace, CosFace and a combined margin, with unequal batch slices (3 + 4) and unequal class shards
 (6 + 5 rows); a real ``corecompress run`` with ``sharded: true`` keeps different shards per rank and

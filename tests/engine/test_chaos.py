@@ -76,7 +76,7 @@ def small_filesystem(tmp_path):
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode}); the full-disk "
-                    "path is still covered by tests/test_faults.py with a simulated ENOSPC")
+                    "path is still covered by tests/engine/test_faults.py with a simulated ENOSPC")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 

@@ -14,7 +14,7 @@ import yaml
 def example_site(tmp_path_factory, repo_root=None):
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     target = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                            "--target", str(target), str(repo / "tests" / "example_plugin")],

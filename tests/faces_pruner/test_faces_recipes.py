@@ -13,7 +13,7 @@ from corecompress.plugin.loading import load_plugins
 from corecompress.config.recipe import validate_recipe
 from tests_shared import with_placeholder_inputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REGISTRY = load_plugins().registry
 
 

@@ -20,7 +20,7 @@ import yaml
 from corecompress.tools.compare import cell_id
 from corecompress.tools.compare_report import format_mean_std
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tiny_recipe(path: Path, matrix: dict, seeds: list[int] | None = None, **changes) -> Path:

@@ -25,7 +25,7 @@ import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = {name: REPO / "recipes" / f"{name}.yaml" for name in ("smoke", "quickstart", "compare_smoke")}
 SCALE = float(os.environ.get("CORECOMPRESS_FUZZ_SCALE", "1"))
 

@@ -18,7 +18,7 @@ import corecompress
 from corecompress.engine.checkpoint import CheckpointWarning
 from corecompress.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Payload:

@@ -9,7 +9,7 @@ from corecompress.plugin.loading import load_plugins
 from corecompress.config.recipe import validate_recipe
 from tests_shared import SHARED_DATA, shared_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "bench" / "distill_olivetti.yaml"
 
 
