@@ -413,7 +413,7 @@ def _run_stage(ctx: RunContext, name: str, stage: Callable[[RunContext], Any]) -
     start = time.perf_counter()
     result = stage(ctx)
     ctx.timings[name] = time.perf_counter() - start
-    ctx.log.info("stage %s: %s in %.1f s", name, "done" if result is not None else "nothing to do", ctx.timings[name])
+    ctx.log.info("stage %s: done in %.1f s", name, ctx.timings[name])
     ctx.hook.on_stage_end(run=ctx, stage=name, result=result)
     return result
 
