@@ -24,7 +24,7 @@ import pluggy
 
 from corecompress.plugin import hookspecs
 from corecompress.errors import PluginError
-from corecompress.plugin.registry import KINDS, Registry, hook_name, make_register
+from corecompress.plugin.registry import KINDS, DeclarationError, Registry, hook_name, make_register
 
 ENTRY_POINT_GROUP = "corecompress"
 
@@ -184,10 +184,12 @@ def _run_registration(loaded: LoadedPlugins, required: set[str], strict: bool) -
             register = make_register(loaded.registry, kind, info.name, info.distribution)
             try:
                 impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                info.status, info.error = "failed", f"{hook_name(kind)} raised {type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is skipped, not fatal
+                if isinstance(exc, PluginError) and not isinstance(exc, DeclarationError):
+                    raise  # e.g. two plugins register one name: the user must choose
+                info.status = "failed"
+                info.error = str(exc) if isinstance(exc, DeclarationError) else \
+                    f"{hook_name(kind)} raised {type(exc).__name__}: {exc}"
                 for comps in loaded.registry.components.values():
                     for name in [n for n, c in comps.items() if c.plugin == info.name]:
                         del comps[name]

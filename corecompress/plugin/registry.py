@@ -111,6 +111,11 @@ class Registry:
         return out
 
 
+class DeclarationError(PluginError):
+    """A component registered with a malformed declaration (name, factory, options, needs, produces):
+    that plugin is skipped with a warning, the others load."""
+
+
 def make_register(registry: Registry, kind: str, plugin: str, distribution: str) -> Callable[..., None]:
     """The ``register`` callback handed to a plugin's ``register_<kind>s`` hook (see
     :class:`corecompress.plugin.protocols.Register`)."""
@@ -119,11 +124,11 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str)
                  description: str = "", needs: Any = (), produces: Any = ()) -> None:
         where = f"plugin '{plugin}': {kind} '{name}'"
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin '{plugin}': a {kind} needs a non-empty string name, got {name!r}")
+            raise DeclarationError(f"plugin '{plugin}': a {kind} needs a non-empty string name, got {name!r}")
         if not callable(factory):
-            raise PluginError(f"{where}: the factory {factory!r} is not callable")
+            raise DeclarationError(f"{where}: the factory {factory!r} is not callable")
         if options is not None and not dataclasses.is_dataclass(options):
-            raise PluginError(f"{where}: options must be a dataclass")
+            raise DeclarationError(f"{where}: options must be a dataclass")
         if not callable(needs):
             needs = _names(needs, where, "needs")
             check_needs(needs, where)
@@ -137,7 +142,7 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str)
 
 def _names(value: Any, where: str, what: str) -> frozenset[str]:
     if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-        raise PluginError(f"{where}: {what} must be a collection of names, e.g. {what}={{'teacher'}}, got {value!r}")
+        raise DeclarationError(f"{where}: {what} must be a collection of names, e.g. {what}={{'teacher'}}, got {value!r}")
     return frozenset(value)
 
 
@@ -148,7 +153,7 @@ def check_needs(needs: frozenset[str], where: str) -> None:
 
     for need in sorted(needs):
         if need not in RESOURCES and not (need.startswith(ARTIFACT_PREFIX) and len(need) > len(ARTIFACT_PREFIX)):
-            raise PluginError(f"{where}: needs unknown {need!r}; a component can need "
+            raise DeclarationError(f"{where}: needs unknown {need!r}; a component can need "
                               f"{', '.join(repr(r) for r in RESOURCES)} or 'artifact:NAME' (what another produces)")
 
 

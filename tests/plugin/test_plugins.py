@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from corecompress import hookimpl
 from corecompress.errors import PluginError
 from corecompress.plugin.loading import PluginWarning, load_plugins
 
@@ -181,3 +182,18 @@ def test_an_old_plugin_name_is_one_line_naming_the_new_one(cli, tmp_path, monkey
     monkeypatch.setenv("CORECOMPRESS_BLOCK_PLUGINS", old)
     with pytest.raises(PluginError, match=f"CORECOMPRESS_BLOCK_PLUGINS: plugin '{old}' is now called '{new}'"):
         load_plugins()
+
+
+def test_a_malformed_declaration_skips_only_that_plugin():
+    class Bogus:
+        @hookimpl
+        def register_losses(self, register):
+            register("bogus_loss", lambda: None, needs={"bogus"})
+
+    with pytest.warns(PluginWarning, match=r"plugin 'bogus' from distribution '\(in-process\)' was skipped: plugin "
+                                           r"'bogus': loss 'bogus_loss': needs unknown 'bogus'"):
+        loaded = load_plugins(extra=[("bogus", Bogus())])
+    assert loaded.plugins["bogus"].status == "failed" and "bogus_loss" not in loaded.registry.names("loss")
+    assert "l1" in loaded.registry.names("importance")  # the others loaded
+    with pytest.raises(PluginError, match="needs unknown 'bogus'"):
+        load_plugins(extra=[("bogus", Bogus())], strict=True)
