@@ -26,7 +26,7 @@ def default_run_dir(base: str | Path, name: str) -> Path:
 #: ``--force`` replaces only such folders.
 RUN_ENTRIES: tuple[str, ...] = (
     STATUS_FILE, "recipe.resolved.json", "versions.json", "plan.json", "plan.round*.json", "metrics.json",
-    "report.md", "model.safetensors", "architecture.json", "model.onnx", "*.safetensors", "log.txt",
+    "report.md", "*.safetensors", "architecture.json", "model.onnx", "log.txt",
     "checkpoints", "traceback.txt", ".*.tmp",
 )
 #: Files only a run directory has: both present = a corecompress run.
