@@ -137,6 +137,9 @@ class PruneSection:
                                metadata={"help": "group kinds to prune (channels, heads, neurons, filters)"})
     scope: Literal["local", "global"] = "local"
     min_keep_fraction: float = field(default=0.1, metadata={"help": "per-group floor for global scope"})
+    round_to: int = field(default=1, metadata={
+        "help": "kept counts become multiples of this (nearest, ties up; at least the floor; or the whole "
+                "group) for tensor-core friendly sizes; heads are not rounded; 1 = no rounding"})
     apply: Any = choice("applier", "physical", "mask (soft, same size) or physical (really smaller)")
     calibration_batches: int = field(default=4, metadata={"help": "batches for data/gradient-based importances"})
     plan: str | None = field(default=None, metadata={"help": "use this plan.json instead of scoring"})
@@ -157,6 +160,8 @@ class PruneSection:
         if self.rounds > 1 and self.plan is not None:
             raise ValueError("plan: a fixed plan cannot be reached gradually; drop plan or set rounds: 1")
         check_range("min_keep_fraction", self.min_keep_fraction, 0.0, 1.0)
+        if self.round_to < 1:
+            raise ValueError(f"round_to: must be at least 1, got {self.round_to}")
         if not self.targets:
             raise ValueError("targets: name at least one group kind")
         if self.plan is not None and not Path(self.plan).is_file():

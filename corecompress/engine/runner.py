@@ -133,7 +133,8 @@ def plan(ctx: RunContext) -> Any:
 def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
     p = ctx.recipe.prune
     return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction,
-                     meta={"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name})
+                     meta={"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name},
+                     round_to=p.round_to)
 
 
 def _save_plan(ctx: RunContext, name: str, plan: PruningPlan) -> None:

@@ -16,6 +16,9 @@ from corecompress.pruning.groups import PrunableGroup
 
 PLAN_FORMAT_VERSION = 1
 
+#: Group kinds that ``round_to`` leaves alone: a unit is already a whole head, and head counts are small.
+ROUND_EXEMPT_KINDS = frozenset({"heads"})
+
 
 @dataclass
 class GroupPlan:
@@ -80,6 +83,20 @@ def keep_count(size: int, sparsity: float, min_keep: int = 1) -> int:
     return max(min_keep, min(size, math.floor(size * (1.0 - sparsity) + 1e-9)))
 
 
+def rounded_count(keep: int, size: int, floor: int, round_to: int) -> int:
+    """``keep`` moved to the nearest multiple of ``round_to`` (ties up), at least ``floor`` rounded up to a
+    multiple, at most ``size`` (so a group whose size is no multiple may keep all its units).
+
+    ``round_to`` 1 returns ``keep`` unchanged. The result never decreases when ``keep`` grows, which keeps
+    gradual plans monotone.
+    """
+    if round_to <= 1:
+        return keep
+    nearest = (2 * keep + round_to) // (2 * round_to) * round_to
+    lowest = -(-floor // round_to) * round_to
+    return min(size, max(lowest, nearest))
+
+
 def _top(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the k highest scores; ties go to the lower index (stable); returned sorted."""
     order = torch.sort(scores.detach().double().cpu(), descending=True, stable=True).indices
@@ -88,14 +105,25 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
 
 def make_plan(scores: dict[str, torch.Tensor], groups: list[PrunableGroup], sparsity: float,
               scope: Literal["local", "global"] = "local", min_keep_fraction: float = 0.0,
-              meta: dict[str, Any] | None = None) -> PruningPlan:
+              meta: dict[str, Any] | None = None, round_to: int = 1) -> PruningPlan:
     """Turn importance scores into a plan.
 
     - ``local``: every group keeps floor(size·(1−sparsity)) of its own units (FACES, uniform per block).
     - ``global``: one ranking over all groups of the same kind; each group keeps at least
       ``max(min_keep, floor(size·min_keep_fraction))``; the kept total per kind is
       floor(total·(1−sparsity)). Scores must be comparable across groups (the importance's job).
+
+    ``round_to`` N > 1 (tensor-core friendly sizes): each group's kept count becomes
+    :func:`rounded_count` of it — the nearest multiple of N (ties up), never below the group's floor
+    (``min_keep``; under ``global`` also the ``min_keep_fraction`` floor) rounded up to a multiple of
+    N, never above the group size (the whole group is kept then). The highest-scored units are kept.
+    Under ``global`` the counts are rounded after the global allocation, so the kept total may differ
+    slightly from floor(total·(1−sparsity)); units scored −∞ (removed by an earlier gradual round)
+    never fill the global budget, so rounded gradual plans stay monotone. Groups of a kind in
+    :data:`ROUND_EXEMPT_KINDS` (heads) are not rounded. ``meta["round_to"]`` records N when N > 1.
     """
+    if round_to < 1:
+        raise ValueError(f"round_to must be at least 1, got {round_to}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     scored = [g for g in groups if g.name in scores]
@@ -105,27 +133,43 @@ def make_plan(scores: dict[str, torch.Tensor], groups: list[PrunableGroup], spar
     plan_groups: dict[str, GroupPlan] = {}
     if scope == "local":
         for g in scored:
-            plan_groups[g.name] = GroupPlan(g.kind, g.size, _top(scores[g.name], keep_count(g.size, sparsity, g.min_keep)))
+            k = keep_count(g.size, sparsity, g.min_keep)
+            k = rounded_count(k, g.size, g.min_keep, _round_to_for(g, round_to))
+            plan_groups[g.name] = GroupPlan(g.kind, g.size, _top(scores[g.name], k))
     elif scope == "global":
         for kind in sorted({g.kind for g in scored}):
             members = [g for g in scored if g.kind == kind]
-            plan_groups.update(_global_kind(members, scores, sparsity, min_keep_fraction))
+            plan_groups.update(_global_kind(members, scores, sparsity, min_keep_fraction, round_to))
     else:
         raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
-    info = {"sparsity": sparsity, "scope": scope}
+    info: dict[str, Any] = {"sparsity": sparsity, "scope": scope}
+    if round_to > 1:
+        info["round_to"] = round_to
     info.update(meta or {})
     return PruningPlan(groups=plan_groups, meta=info)
 
 
+def _round_to_for(group: PrunableGroup, round_to: int) -> int:
+    """The multiple this group's kept count is rounded to (1 = not rounded)."""
+    return 1 if group.kind in ROUND_EXEMPT_KINDS else round_to
+
+
 def _global_kind(members: list[PrunableGroup], scores: dict[str, torch.Tensor], sparsity: float,
-                 min_keep_fraction: float) -> dict[str, GroupPlan]:
+                 min_keep_fraction: float, round_to: int = 1) -> dict[str, GroupPlan]:
     total_keep = keep_count(sum(g.size for g in members), sparsity, 0)
     floors = {g.name: max(g.min_keep, math.floor(g.size * min_keep_fraction + 1e-9)) for g in members}
     kept = {g.name: set(_top(scores[g.name], floors[g.name])) for g in members}
     budget = total_keep - sum(len(v) for v in kept.values())
     rest = [(float(scores[g.name][i]), gi, i) for gi, g in enumerate(members)
             for i in range(g.size) if i not in kept[g.name]]
+    if round_to > 1:  # what a gradual round removed stays removed, also after rounding up
+        rest = [t for t in rest if t[0] != -math.inf]
     rest.sort(key=lambda t: (-t[0], t[1], t[2]))
     for _score, gi, i in rest[:max(0, budget)]:
         kept[members[gi].name].add(i)
-    return {g.name: GroupPlan(g.kind, g.size, sorted(kept[g.name])) for g in members}
+    if round_to == 1:
+        return {g.name: GroupPlan(g.kind, g.size, sorted(kept[g.name])) for g in members}
+    # kept[g] is the top len(kept[g]) of g in _top's order (score, then index), so _top of the rounded count
+    # is a superset or a subset of it
+    return {g.name: GroupPlan(g.kind, g.size, _top(scores[g.name], rounded_count(
+        len(kept[g.name]), g.size, floors[g.name], _round_to_for(g, round_to)))) for g in members}
