@@ -33,6 +33,7 @@ from corecompress.config.options import close_match, quoted
 from corecompress.pruning.gradual import RAMP_SHORTHANDS, round_sparsities, round_steps
 from corecompress.plugin.registry import Registry
 from corecompress.config.needs import check_recipe_needs
+from corecompress.engine.devices import DEVICE_FORMS, check_device_setting
 
 RECIPE_VERSION = 1
 MAX_MATRIX_CELLS = 1000
@@ -197,6 +198,9 @@ class Recipe:
     plugins: PluginsSection = field(default_factory=PluginsSection)
     deterministic: bool = False
     threads: int | None = None
+    device: str = field(default="auto", metadata={
+        "help": f"where the run computes: {DEVICE_FORMS} (auto = CUDA when present, else the CPU; "
+                "under torchrun each rank uses cuda:LOCAL_RANK); the command's --device overrides it"})
     weights: str | None = field(default=None, metadata={"help": "initial weights of the model"})
     teacher: TeacherSection | None = None
     train: TrainSection | None = None
@@ -221,6 +225,10 @@ class Recipe:
             raise ValueError("name: must be a non-empty name without slashes or control characters")
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed: must be in [0, 2^63), got {self.seed}")
+        try:
+            check_device_setting(self.device)
+        except ValueError as exc:
+            raise ValueError(f"device: {exc}") from None
         if self.threads is not None and not 0 <= self.threads <= 4096:
             raise ValueError(f"threads: must be in [0, 4096] (0 or null = torch's default), got {self.threads}")
         if self.prune is not None and self.prune.rounds > 1:

@@ -8,7 +8,9 @@ if any, ``info.json`` (phase, step, loss history) and ``manifest.json`` (size an
 file). It is written into a hidden temporary directory, flushed to disk and renamed, so a crash
 leaves either the whole checkpoint or none; a truncated or corrupt one fails verification with one
 line and :func:`latest_checkpoint` falls back to the previous one. Nothing here calls ``pickle``:
-a checkpoint directory cannot execute code when it is loaded.
+a checkpoint directory cannot execute code when it is loaded. Tensors are written and read on the
+CPU whatever device the run computes on, so a run resumes onto another device (``--device``):
+``load_state_dict`` moves them to the model's and the optimizer's devices.
 """
 from __future__ import annotations
 
@@ -119,8 +121,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # a run moved to fewer GPUs restores those it has
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -272,7 +275,7 @@ class Checkpoint:
 
     def tensors(self, part: str) -> dict[str, torch.Tensor]:
         try:
-            return load_file(str(self.path / f"{part}.safetensors"))
+            return load_file(str(self.path / f"{part}.safetensors"), device="cpu")  # moved by load_state_dict
         except Exception as exc:  # noqa: BLE001 - a damaged file is reported, never executed
             detail = (str(exc).splitlines() or [""])[0][:160]
             raise CheckpointError(f"checkpoint {self.path}: {part}.safetensors is unreadable "

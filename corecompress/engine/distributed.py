@@ -4,7 +4,8 @@
 recipe; :func:`init_from_env` (called once when ``run`` starts) joins them into one process group
 from torchrun's variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``:
 NCCL with one GPU per process (``cuda:LOCAL_RANK``) when CUDA is available, else gloo on the CPU
-(``CORECOMPRESS_DIST_BACKEND=gloo`` forces the CPU). Without ``WORLD_SIZE > 1`` nothing here does
+(``CORECOMPRESS_DIST_BACKEND=gloo`` forces the CPU; so does the recipe's ``device: cpu``, and
+``device: cuda`` requires NCCL — :mod:`corecompress.engine.devices`). Without ``WORLD_SIZE > 1`` nothing here does
 anything and every helper is the identity, so single-process code needs no branches.
 
 The rules the runner and the training loop follow (docs/distributed.md has the whole design):
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from corecompress.engine.devices import DeviceError, check_device_setting, resolve_device
 from corecompress.errors import UserError
 
 T = TypeVar("T")
@@ -41,6 +43,7 @@ ENV_TIMEOUT = "CORECOMPRESS_DIST_TIMEOUT_S"      # collective timeout, seconds (
 ENV_DUMP_DIR = "CORECOMPRESS_DDP_DUMP_DIR"       # diagnostics: every rank writes its trained state here
 _REQUIRED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _initialised_here = False
+_rank_device: torch.device | None = None  # this rank's device, chosen by init_from_env
 
 
 class DistributedSetupError(UserError):
@@ -78,25 +81,43 @@ def _env_int(name: str) -> int:
         raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
 
 
-def choose_backend() -> str:
-    """``nccl`` when CUDA is usable, else ``gloo``; ``$CORECOMPRESS_DIST_BACKEND`` overrides."""
+def choose_backend(setting: str = "auto") -> str:
+    """``nccl`` when CUDA is usable, else ``gloo``; ``$CORECOMPRESS_DIST_BACKEND`` overrides.
+
+    ``setting`` is the run's device setting: ``cpu`` means gloo, ``cuda`` needs NCCL; a conflict
+    with the override is one line."""
     chosen = os.environ.get(ENV_BACKEND, "").strip().lower()
     if chosen:
         if chosen not in ("gloo", "nccl"):
             raise DistributedSetupError(f"{ENV_BACKEND}={chosen!r}: expected gloo or nccl")
         if chosen == "nccl" and not torch.cuda.is_available():
             raise DistributedSetupError(f"{ENV_BACKEND}=nccl but CUDA is not available")
+        if chosen == "gloo" and setting.startswith("cuda"):
+            raise DistributedSetupError(f"{ENV_BACKEND}=gloo runs on the CPU, but device: {setting}; "
+                                        "drop one of them")
+        if chosen == "nccl" and setting == "cpu":
+            raise DistributedSetupError(f"{ENV_BACKEND}=nccl needs CUDA, but device: cpu; drop one of them")
         return chosen
-    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if setting == "cpu":
+        return "gloo"
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "nccl"
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device: {setting}: CUDA is not available on this machine (use device: auto or cpu)")
+        raise DistributedSetupError(f"device: {setting} under torchrun needs NCCL, which this PyTorch lacks")
+    return "gloo"
 
 
-def init_from_env() -> bool:
+def init_from_env(setting: str = "auto") -> bool:
     """Join the process group described by torchrun's variables (once; later calls do nothing).
 
-    Returns True when this process is one of several. Raises :class:`DistributedSetupError` for a
-    missing or malformed variable, before any connection is attempted.
+    ``setting``: the run's device setting (``auto | cpu | cuda``), which chooses the backend.
+    Returns True when this process is one of several. Raises :class:`DistributedSetupError` (or a
+    :class:`~corecompress.engine.devices.DeviceError`) for a missing or malformed variable or
+    setting, before any connection is attempted.
     """
-    global _initialised_here
+    global _initialised_here, _rank_device
     if not requested():
         return False
     if dist.is_initialized():
@@ -109,25 +130,28 @@ def init_from_env() -> bool:
             raise DistributedSetupError(f"{name} is not set; start distributed runs with torchrun")
     if not 0 <= rank < world_size:
         raise DistributedSetupError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world_size - 1})")
-    backend = choose_backend()
+    try:
+        check_device_setting(setting)
+    except ValueError as exc:
+        raise DeviceError(f"device: {exc}") from None
+    backend = choose_backend(setting)
+    where = torch.device("cpu")
     if backend == "nccl":
-        if local >= torch.cuda.device_count():
-            raise DistributedSetupError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are "
-                                        "visible; use --nproc_per_node ≤ the number of GPUs")
-        torch.cuda.set_device(local)
+        where = resolve_device("cuda" if setting == "auto" else setting, local_rank=local)
+        torch.cuda.set_device(where)
     timeout = datetime.timedelta(seconds=float(os.environ.get(ENV_TIMEOUT, "1800")))
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
-    _initialised_here = True
+    _initialised_here, _rank_device = True, where
     atexit.register(shutdown)  # at exit, so several runs in one process (tests) share the group
     return True
 
 
 def shutdown() -> None:
     """Leave the process group if :func:`init_from_env` created it (registered to run at exit)."""
-    global _initialised_here
+    global _initialised_here, _rank_device
     if _initialised_here and dist.is_initialized():
         dist.destroy_process_group()
-    _initialised_here = False
+    _initialised_here, _rank_device = False, None
 
 
 def is_active() -> bool:
@@ -153,9 +177,26 @@ def is_main() -> bool:
 
 def device() -> torch.device:
     """This rank's device: ``cuda:LOCAL_RANK`` under NCCL, else the CPU."""
-    if is_active() and dist.get_backend() == "nccl":
-        return torch.device("cuda", local_rank())
-    return torch.device("cpu")
+    if not is_active():
+        return torch.device("cpu")
+    if _rank_device is not None:
+        return _rank_device
+    return torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def run_device(setting: str) -> torch.device:
+    """The device a run with the device ``setting`` computes on: in a single process
+    :func:`~corecompress.engine.devices.resolve_device`; under torchrun this rank's device, which
+    the setting must agree with (a one-line error otherwise)."""
+    if not is_active():
+        return resolve_device(setting)
+    if setting.startswith("cuda:"):
+        resolve_device(setting, local_rank=local_rank())  # refused: one GPU cannot serve every rank
+    here = device()
+    if setting == "auto" or (setting == "cpu") == (here.type == "cpu"):
+        return here
+    raise DistributedSetupError(f"device: {setting}, but this process group computes on {here.type} "
+                                f"(backend {dist.get_backend()}); start torchrun with the same device setting")
 
 
 def barrier() -> None:

@@ -277,9 +277,13 @@ STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
 
 
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
-               raw_recipe: dict | None = None, quiet: bool = False) -> RunContext:
+               raw_recipe: dict | None = None, quiet: bool = False, device: str | None = None) -> RunContext:
     """Execute every stage of ``recipe`` into the new run directory ``out_dir`` (under torchrun: the
-    directory rank 0 created; every rank must be given the same ``out_dir``)."""
+    directory rank 0 created; every rank must be given the same ``out_dir``).
+
+    ``device`` (``--device``) overrides the recipe's ``device:`` for this execution; it is resolved
+    before the directory is created (a missing GPU is a one-line error and nothing is written)."""
+    where = distributed.run_device(device or recipe.device)
     lock = RunLock(out_dir)
     replaced: list[Any] = []  # rank 0: the earlier run that --force moved aside, until this one has started
 
@@ -290,7 +294,7 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
         lock.acquire()
         write_json(path / "recipe.resolved.json", recipe_to_dict(recipe))
         write_json(path / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed,
-                                            "world_size": distributed.world()})
+                                            "world_size": distributed.world(), "device": str(where)})
         return path
 
     def started() -> None:  # the new run is built: the earlier one can go
@@ -299,8 +303,8 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
 
     try:
         out_dir = distributed.on_main(create)
-        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, on_started=started,
-                        quiet=quiet)
+        return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, device=where,
+                        on_started=started, quiet=quiet)
     except BaseException:
         if replaced and replaced[0] is not None:  # failed at start-up: the earlier run is back in place
             lock.release()
@@ -311,10 +315,12 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
 
 
 def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None,
-               quiet: bool = False) -> RunContext:
+               quiet: bool = False, device: str | None = None) -> RunContext:
     """Continue the interrupted run in ``run_dir`` from its last checkpoints (see the module docstring).
 
     ``plugins`` (default: loaded as the resolved recipe asks) must provide the run's components.
+    ``device`` (``--device``) overrides the recipe's ``device:``, so a run may move to another
+    machine (checkpoints hold CPU tensors; they load onto any device).
     """
     from corecompress.config.recipe import validate_recipe
 
@@ -343,12 +349,15 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
             except ValueError as exc:
                 raise UserError(f"{resolved}: not valid JSON ({exc})") from None
             recipe = validate_recipe(raw, plugins.registry)
+        where = distributed.run_device(device or recipe.device)
         if distributed.is_main():
             _warn_if_versions_differ(root, plugins)
         resumes = int(status.get("resumes", 0)) + 1
         state = {"started": status.get("started"), "resumed_at": time.time(),
                  "resumed_from_state": status.get("state")}
-        return _execute(recipe, plugins, root, state, resumes=resumes, quiet=quiet)
+        if status.get("device") and status.get("device") != str(where):
+            state["resumed_from_device"] = status.get("device")
+        return _execute(recipe, plugins, root, state, resumes=resumes, device=where, quiet=quiet)
     finally:
         lock.release()
 
@@ -358,10 +367,11 @@ class RunAlreadyComplete(UserError):
 
 
 def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
-             resumes: int, on_started: Callable[[], None] | None = None, quiet: bool = False) -> RunContext:
+             resumes: int, device: torch.device, on_started: Callable[[], None] | None = None,
+             quiet: bool = False) -> RunContext:
     main = distributed.is_main()
     log = _make_logger(out_dir, quiet)
-    status = {**status, "resumes": resumes, "pid": os.getpid()}
+    status = {**status, "resumes": resumes, "pid": os.getpid(), "device": str(device)}
     if distributed.world() > 1:
         status["world_size"] = distributed.world()
     if main:
@@ -369,7 +379,7 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed, recipe.deterministic)
-    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=distributed.device(),
+    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=device,
                      artifacts=ArtifactStore(out_dir, producers=plugins.registry.producers_of))
     if resumes:
         ctx.resuming = True
@@ -377,6 +387,8 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
         if recipe.prune is not None and distributed.on_main(lambda: _readable_plan(first_plan, log)):
             ctx.resume_plan = str(first_plan)
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
+        if status.get("resumed_from_device"):
+            log.info("device: %s (the run was on %s)", device, status["resumed_from_device"])
     try:
         for name, stage in STAGES:
             if name in MAIN_ONLY_STAGES and distributed.world() > 1:

@@ -28,6 +28,8 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 ONNX_TOLERANCE = 1e-4
+DEVICE_HELP = ("auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' (with --resume: the run continues "
+               "on this device)")
 
 
 def _one_line_warnings() -> None:
@@ -42,14 +44,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from corecompress.engine.rundir import default_run_dir
     from corecompress.engine.runner import RunAlreadyComplete, resume_run, run_recipe
 
-    distributed.init_from_env()  # under torchrun: join the process group (validation below runs on every rank)
+    if distributed.requested():  # under torchrun: join the process group (validation below runs on every rank)
+        distributed.init_from_env(_device_hint(args))
     main = distributed.is_main()
     if args.resume:
         if args.recipe or args.out or args.force:
             raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
         out = Path(args.resume)
         try:
-            ctx = _interruptible(lambda: resume_run(out, strict=args.strict, quiet=args.quiet), out)
+            ctx = _interruptible(lambda: resume_run(out, strict=args.strict, quiet=args.quiet, device=args.device),
+                                 out)
         except RunAlreadyComplete as exc:
             if main:
                 print(f"note: {exc}")
@@ -63,11 +67,33 @@ def cmd_run(args: argparse.Namespace) -> int:
                   " ('corecompress compare' runs every cell)", file=sys.stderr)
         # the default name has the time in it: rank 0's is the one every rank uses
         out = distributed.broadcast_object(Path(args.out) if args.out else default_run_dir("runs", recipe.name))
-        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw, quiet=args.quiet), out)
+        ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw,
+                                                quiet=args.quiet, device=args.device), out)
     if main:
         print(f"run complete: {ctx.out_dir}")
         print(f"report: {ctx.out_dir / 'report.md'}")
     return 0
+
+
+def _device_hint(args: argparse.Namespace) -> str:
+    """The device setting a torchrun run will use (``--device``, else the recipe's), read before
+    the process group is formed, since it chooses the backend; "auto" when the recipe cannot be read
+    yet (its own error follows when it is loaded)."""
+    if args.device:
+        return str(args.device)
+    try:
+        if args.resume:
+            raw = json.loads((Path(args.resume) / "recipe.resolved.json").read_text())
+        elif args.recipe:
+            from corecompress.config.recipe import read_recipe
+
+            raw = read_recipe(args.recipe)
+        else:
+            return "auto"
+    except (UserError, OSError, ValueError):
+        return "auto"
+    setting = raw.get("device", "auto") if isinstance(raw, dict) else "auto"
+    return setting if isinstance(setting, str) else "auto"
 
 
 def _interruptible(call: Any, out: Path) -> Any:
@@ -88,7 +114,7 @@ class _Interrupted(Exception):
 def cmd_export(args: argparse.Namespace) -> int:
     from corecompress.tools.export import export_model
 
-    path, error = export_model(args.run_dir, args.format, args.out)
+    path, error = export_model(args.run_dir, args.format, args.out, device=args.device)
     print(f"exported: {path}")
     if args.format == "onnx":
         if error is None:
@@ -172,11 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("export", help="write a finished run's model as safetensors or ONNX")
     p.add_argument("run_dir", help="run directory (or its architecture.json / exported .safetensors)")
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     p.add_argument("--out", help="file to write (default: model.<ext> in the run directory)")
+    p.add_argument("--device", default="cpu", help="where the model is loaded and the ONNX file checked against "
+                                                   "PyTorch: auto, cpu, cuda or cuda:N (default: cpu)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("validate", help="check a recipe without running it")
     p.add_argument("recipe")

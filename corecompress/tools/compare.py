@@ -138,6 +138,9 @@ def check_finished_runs_match(runs: list[PlannedRun]) -> None:
         except (OSError, ValueError):
             done = None
         wanted = json.loads(json.dumps(recipe_to_dict(run.recipe), default=str))
+        if isinstance(done, dict):  # where a run computed does not change what it is
+            wanted.pop("device", None)
+            done = {k: v for k, v in done.items() if k != "device"}
         changed = _differences(wanted, done) if isinstance(done, dict) else ["recipe.resolved.json unreadable"]
         if changed:
             raise UserError(f"{run.run_dir}: finished with a different recipe (changed: {', '.join(changed[:3])}); "
@@ -179,7 +182,8 @@ def write_comparison_file(out_dir: Path, recipe_path: str, recipe: Any, runs: li
         "matrix": recipe.matrix, "seeds": sorted({r.seed for r in runs}), "cells": list(cells.values())})
 
 
-def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False) -> dict[Path, str]:
+def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False,
+                 device: str | None = None) -> dict[Path, str]:
     """Run every unfinished run in order, printing one progress line each; returns errors by run dir."""
     from corecompress.engine.runner import run_recipe
 
@@ -194,7 +198,7 @@ def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False) -> d
         print(head, end=" ", flush=True)
         start = time.perf_counter()
         try:
-            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw, quiet=quiet)
+            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw, quiet=quiet, device=device)
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the comparison
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             errors[run.run_dir] = message
@@ -237,6 +241,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
     out_dir = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-compare"
     runs = plan_runs(raw, recipe, plugins.registry, out_dir)
+    if not args.only_report:  # a device this machine lacks: one line, before anything is written
+        from corecompress.engine.devices import resolve_device
+
+        for setting in sorted({args.device or run.recipe.device for run in runs}):
+            resolve_device(setting)
     if not args.force:
         check_finished_runs_match(runs)
     replacement = prepare_directory(out_dir, args.force, args.only_report)
@@ -253,7 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             replacement.keep_new()
         cells = len({r.cell_id for r in runs})
         print(f"comparison '{recipe.name}': {cells} cell(s) x {len(runs) // cells} seed(s) = {len(runs)} run(s) in {out_dir}")
-        errors = execute_runs(runs, plugins, quiet=args.quiet)
+        errors = execute_runs(runs, plugins, quiet=args.quiet, device=args.device)
     results = collect_results(runs, errors)
     for line in write_reports(results, out_dir, title=recipe.name, metric=args.metric):
         print(line)
@@ -278,4 +287,5 @@ def add_compare_parser(subparsers: Any) -> None:
     p.add_argument("--metric", help="accuracy metric to plot (default: the first '*accuracy*' metric after pruning)")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.add_argument("--quiet", action="store_true", help="no progress lines of the runs on stderr")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' for every run")
     p.set_defaults(func=cmd_compare)

@@ -159,16 +159,22 @@ def load_exported(path: str | Path, map_location: str = "cpu", weights: str | Pa
     return model.to(map_location).eval()
 
 
-def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, float | None]:
+def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+                 device: str | None = None) -> tuple[Path, float | None]:
     """``corecompress export``: write the run's model as ``fmt`` (safetensors | onnx) to ``out``.
 
+    ``device`` (``auto | cpu | cuda | cuda:N``, default cpu): where the model is loaded, traced and
+    checked; a device this machine lacks is a one-line error before anything is read.
     Returns (file, relative error of onnxruntime against PyTorch — None for safetensors or without onnxruntime).
     """
+    from corecompress.engine.devices import resolve_device
+
+    where = resolve_device(device or "cpu")
     arch, weights_file = read_architecture(run_dir)
     default = Path(run_dir) if Path(run_dir).is_dir() else weights_file.parent
     spec, model = build_architecture(arch, run_dir)
     load_weights_file(model, weights_file)
-    model.eval()
+    model.to(where).eval()
     if fmt == "safetensors":
         target = Path(out) if out else default / "model.safetensors"
         _check_target(target)

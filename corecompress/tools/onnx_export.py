@@ -6,6 +6,7 @@ exporter (``dynamo=False``) is used: it needs no ``onnxscript`` and handles the 
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from corecompress.errors import UserError
 ONNX_EXTRA = "ONNX export needs the optional 'onnx' extra: pip install 'corecompress[onnx]'"
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model without either)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def export_onnx(model: torch.nn.Module, input_size: tuple[int, ...], path: Path, opset: int = 17) -> Path:
     """Write ``model`` to ``path`` with a dynamic batch dimension (input ``image``, output ``output``)."""
     try:
@@ -23,7 +30,7 @@ def export_onnx(model: torch.nn.Module, input_size: tuple[int, ...], path: Path,
     except ImportError:
         raise UserError(ONNX_EXTRA) from None
     model = model.eval()
-    example = torch.zeros(2, *input_size)  # batch 2: a batch of 1 can be specialised away by tracing
+    example = torch.zeros(2, *input_size, device=model_device(model))  # batch 2: a batch of 1 can be specialised away by tracing
     with warnings.catch_warnings():  # the exporter's deprecation and tracer notes are not the user's business
         warnings.simplefilter("ignore")
         with torch.no_grad():
@@ -42,8 +49,8 @@ def onnx_relative_error(model: torch.nn.Module, path: Path, input_size: tuple[in
         return None
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *input_size, generator=gen)
-    with torch.no_grad():
-        expected = model.eval()(x)
+    with torch.no_grad():  # the same input wherever the model is; compared on the CPU
+        expected = model.eval()(x.to(model_device(model))).cpu()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     if got.shape != expected.shape:

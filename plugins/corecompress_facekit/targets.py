@@ -133,7 +133,8 @@ class TeacherCache:
 
     def _compute(self, teacher: nn.Module, dataset: Any, ctx: Any) -> tuple[Tensor, Tensor]:
         param = next(teacher.parameters(), None)
-        device = getattr(ctx, "device", None) or (param.device if param is not None else torch.device("cpu"))
+        # on the teacher's own device (the run's device: the runner puts the teacher there)
+        device = param.device if param is not None else torch.device(getattr(ctx, "device", None) or "cpu")
         dtype = getattr(torch, self.options.dtype)
         modes = [(m, m.training) for m in teacher.modules()]
         teacher.eval()
