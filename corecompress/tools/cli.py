@@ -274,7 +274,7 @@ def _print_error(line: str, exc: BaseException) -> None:
     """``error: LINE`` — on ranks other than 0 prefixed with the rank, and not at all for a failure
     of rank 0's that every rank re-raised (rank 0 prints it)."""
     rank = _rank()
-    line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x00", "\\0")  # always one line
+    line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in line)  # always one line (\x1e, \u2028 ...)
     if rank == 0:
         print(f"error: {line}", file=sys.stderr)
     elif not getattr(exc, "from_main_rank", False):

@@ -529,3 +529,13 @@ def test_nul_in_output_path_is_one_line(cli: Any, tmp_path: Path, command: str) 
         ("export", tmp_path / "run", "--out", f"{tmp_path}/m\x00.safetensors")
     code, _out, err = cli(*args)
     assert code == 2 and len(error_lines(err)) == 1, err
+
+
+def test_an_error_naming_a_line_separator_character_stays_one_line(cli, tmp_path):
+    """Regression (found by the fuzzer): str.splitlines also splits on \\x1e, \\x85, \\u2028 ..."""
+    for name in ("\x1e", "a\u2028b", "c\x85"):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({"version": 1, "model": "tiny_vit", "data": "synthetic_prototypes",
+                                        "require": [name]}))
+        code, _out, err = cli("validate", path)
+        assert code == 2 and len(err.splitlines()) == 1 and "is not installed" in err, repr(err)
