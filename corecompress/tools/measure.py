@@ -15,6 +15,7 @@ Follows the spec (/work/shared/spec/evaluation.md, "Efficiency"):
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import time
 from contextlib import ExitStack, contextmanager
@@ -152,12 +153,37 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_call(model: nn.Module, batch: torch.Tensor) -> float:
-    _synchronize(batch.device)
+def _timed(call: Callable[[], Any], calls: int, device: torch.device) -> float:
+    """Seconds per call of ``calls`` back-to-back calls, CUDA synchronised before each clock reading."""
+    _synchronize(device)
     start = time.perf_counter()
-    model(batch)
-    _synchronize(batch.device)
-    return time.perf_counter() - start
+    for _ in range(calls):
+        call()
+    _synchronize(device)
+    return (time.perf_counter() - start) / calls
+
+
+def time_interleaved(calls: Mapping[str, Callable[[], Any]], *, warmup: int, repeats: int,
+                     device: torch.device | str = "cpu", inner: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each callable, measured in this process, interleaved.
+
+    Each callable first runs ``warmup`` times; then ``repeats`` rounds each time every callable once
+    (``inner`` calls back to back, averaged), in an order rotating from round to round so that none is
+    always first. On a CUDA ``device`` the clock is read only after ``torch.cuda.synchronize``.
+    """
+    if repeats < 1 or inner < 1 or warmup < 0:
+        raise ValueError("repeats and inner must be >= 1 and warmup >= 0")
+    device = torch.device(device)
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed(calls[name], inner, device))
+    return times
 
 
 def _summary(times: list[float], batch_size: int, threads: int) -> dict[str, Any]:
@@ -229,16 +255,11 @@ def compare_throughput(
     names = list(models)
     device = torch.device(device) if device is not None else None
     batches = {name: _make_batch(models[name], input_shape, batch_size, device) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
+    calls = {name: functools.partial(models[name], batches[name]) for name in names}
     with _threads(threads), _all_in_inference(models.values()):
         used_threads = torch.get_num_threads()
-        for name in names:
-            for _ in range(warmup):
-                _timed_call(models[name], batches[name])
-        for round_index in range(repeats):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                times[name].append(_timed_call(models[name], batches[name]))
+        clock_device = next((b.device for b in batches.values() if b.device.type == "cuda"), torch.device("cpu"))
+        times = time_interleaved(calls, warmup=warmup, repeats=repeats, device=clock_device)
     results = {name: _summary(times[name], batch_size, used_threads) for name in names}
     reference_rate = results[reference]["images_per_s"]
     for entry in results.values():

@@ -16,6 +16,7 @@ from corecompress.tools.measure import (
     count_nonzero_parameters,
     count_parameters,
     measure_throughput,
+    time_interleaved,
     peak_memory,
 )
 
@@ -153,6 +154,20 @@ def test_compare_throughput_interleaves_and_reports_speed_ratios() -> None:
     with pytest.raises(ValueError, match="reference"):
         compare_throughput({"fast": fast}, (4,), reference="dense")
 
+
+
+def test_time_interleaved_warms_up_rotates_and_averages_inner_calls() -> None:
+    log: list[str] = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    times = time_interleaved(calls, warmup=2, repeats=3, inner=2)
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, each in turn
+    rounds = [log[6 + 6 * r: 12 + 6 * r] for r in range(3)]
+    assert rounds == [["a", "a", "b", "b", "c", "c"], ["b", "b", "c", "c", "a", "a"], ["c", "c", "a", "a", "b", "b"]]
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    sleepy = time_interleaved({"s": lambda: time.sleep(0.002)}, warmup=0, repeats=2, inner=3)["s"]
+    assert all(0.002 <= t < 0.05 for t in sleepy)  # per call, not per round of 3
+    with pytest.raises(ValueError, match="inner"):
+        time_interleaved(calls, warmup=0, repeats=1, inner=0)
 
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 1000))
