@@ -20,15 +20,47 @@ from cli_args import count, fraction, repeats
 from corecompress.tools import measure
 from corecompress.plugin.loading import load_plugins
 from corecompress.pruning import make_plan
+from corecompress.pruning.plan import PruningPlan
 from corecompress.pruning.physical import apply_physical
 
 TARGETS = ("channels", "heads", "neurons")
 
 
-def prune_ours(spec, dense, scores_by_name, sparsity):
+def structured_plan(spec, dense: torch.nn.Module, scores_by_name: dict[str, torch.Tensor], sparsity: float,
+                    round_to: int = 1) -> tuple[list, PruningPlan]:
+    """The groups (heads, MLP neurons, channels) of ``dense`` and the plan removing ``sparsity`` of each."""
     groups = spec.prunable_groups(dense, TARGETS)
-    model = copy.deepcopy(dense)
-    return apply_physical(model, groups, make_plan({g.name: scores_by_name[g.name] for g in groups}, groups, sparsity))
+    return groups, make_plan({g.name: scores_by_name[g.name] for g in groups}, groups, sparsity, round_to=round_to)
+
+
+def prune_ours(spec, dense: torch.nn.Module, scores_by_name: dict[str, torch.Tensor], sparsity: float,
+               round_to: int = 1) -> torch.nn.Module:
+    """A physically pruned copy of ``dense``: heads, MLP neurons and channels, one sparsity for all."""
+    groups, plan = structured_plan(spec, dense, scores_by_name, sparsity, round_to)
+    return apply_physical(copy.deepcopy(dense), groups, plan)
+
+
+def structured_scores(registry, spec, dense: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """L1 scores for heads and neurons, FACES scores for the channels."""
+    groups = spec.prunable_groups(dense, TARGETS)
+    l1, faces = registry.get("importance", "l1"), registry.get("importance", "faces")
+    scores = l1.create(l1.parse({}, "i")).score(dense, groups, None)
+    scores.update(faces.create(faces.parse({}, "i")).score(dense, groups, None))  # FACES for the channels
+    return scores
+
+
+def prune_to_budget(spec, dense: torch.nn.Module, scores: dict[str, torch.Tensor], target: float,
+                    round_to: int = 1, iterations: int = 20) -> tuple[torch.nn.Module, float]:
+    """The pruned model with at most ``target`` × the dense parameters, and its sparsity (bisection on s)."""
+    n_dense = measure.count_parameters(dense)
+    lo, hi = 0.0, 0.95
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if measure.count_parameters(prune_ours(spec, dense, scores, mid, round_to)) > target * n_dense:
+            lo = mid
+        else:
+            hi = mid
+    return prune_ours(spec, dense, scores, hi, round_to), hi
 
 
 def main() -> None:
@@ -47,19 +79,7 @@ def main() -> None:
     torch.manual_seed(0)
     dense = spec.build().eval()
     n_dense = measure.count_parameters(dense)
-    groups = spec.prunable_groups(dense, TARGETS)
-    l1 = reg.get("importance", "l1")
-    faces = reg.get("importance", "faces")
-    scores = l1.create(l1.parse({}, "i")).score(dense, groups, None)
-    scores.update(faces.create(faces.parse({}, "i")).score(dense, groups, None))  # FACES for the channels
-    lo, hi = 0.0, 0.95
-    for _ in range(20):  # bisection on s for the parameter budget
-        mid = (lo + hi) / 2
-        if measure.count_parameters(prune_ours(spec, dense, scores, mid)) > args.target * n_dense:
-            lo = mid
-        else:
-            hi = mid
-    ours = prune_ours(spec, dense, scores, hi)
+    ours, hi = prune_to_budget(spec, dense, structured_scores(reg, spec, dense), args.target)
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, batch {args.batch}")
     print(f"dense: {n_dense / 1e6:.2f} M params, {measure.count_macs(dense, spec.input_size) / 1e9:.3f} GMACs")
     print(f"corecompress heads+neurons+FACES channels at s={hi:.3f}: {measure.count_parameters(ours) / 1e6:.2f} M params"
