@@ -25,7 +25,7 @@ def relative_error(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor,
 
 
 def run(env: CheckEnv) -> tuple[list[Row], list[str]]:
-    variants = swin_variants(env.registry, env.shapes.swin_preset)
+    variants = swin_variants(env.registry, env.shapes.swin_preset, env.shapes.bisect_iterations)
     groups, plan = variants.plans[VARIANT]
     masked = copy.deepcopy(variants.dense)
     apply_masks(masked, groups, plan)

@@ -85,7 +85,7 @@ def _training_rows(env: CheckEnv, models: dict[str, nn.Module], flops: dict[str,
 
 
 def run(env: CheckEnv) -> tuple[list[Row], list[str]]:
-    variants = swin_variants(env.registry, env.shapes.swin_preset)
+    variants = swin_variants(env.registry, env.shapes.swin_preset, env.shapes.bisect_iterations)
     input_size = tuple(variants.spec.input_size)
     models = {name: copy.deepcopy(m).to(env.device) for name, m in variants.models.items()}
     rows, flops = _size_rows(models, input_size)

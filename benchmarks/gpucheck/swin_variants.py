@@ -43,8 +43,9 @@ def _scatter_norms(model: nn.Module, seed: int) -> None:
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
 
 
-def swin_variants(registry: Any, preset: str) -> SwinVariants:
-    """The five models on the CPU, in eval mode (cached: sections (a) and (c) share them)."""
+def swin_variants(registry: Any, preset: str, iterations: int) -> SwinVariants:
+    """The five models on the CPU, in eval mode (cached: sections (a) and (c) share them); ``iterations``
+    of the bisection for the 50 % parameter budget."""
     if preset in _BUILT:
         return _BUILT[preset]
     comp = registry.get("model", "swinface")
@@ -64,7 +65,7 @@ def swin_variants(registry: Any, preset: str) -> SwinVariants:
         built.models[name] = apply_physical(copy.deepcopy(dense), channels, plan).eval()
         built.plans[name], built.sparsity[name] = (channels, plan), FACES_SPARSITY
         name = f"hnc_{int(100 * PARAMETER_TARGET)}pct{suffix}"
-        model, sparsity = prune_to_budget(spec, dense, structured, PARAMETER_TARGET, round_to)
+        model, sparsity = prune_to_budget(spec, dense, structured, PARAMETER_TARGET, round_to, iterations)
         built.models[name], built.sparsity[name] = model.eval(), sparsity
         built.plans[name] = structured_plan(spec, dense, structured, sparsity, round_to)
     _BUILT[preset] = built
