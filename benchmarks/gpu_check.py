@@ -23,6 +23,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 from cli_args import name_list, number
 
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _device(ap: argparse.ArgumentParser, args: argparse.Namespace):
+def _device(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The ``torch.device`` to check: the CPU for --cpu-smoke, else the GPU --device names (exit 2 without one)."""
     import torch
 
     from corecompress.engine.devices import DeviceError, resolve_device
@@ -71,7 +73,7 @@ def _device(ap: argparse.ArgumentParser, args: argparse.Namespace):
         ap.error(f"argument --device: {exc}; use --cpu-smoke on a CPU")
 
 
-def _run_section(section, env, run) -> None:
+def _run_section(section: Any, env: Any, run: Callable[[Any], tuple[list, list[str]]]) -> None:
     """Run one section into ``section``: rows and notes, or "OOM" / "error: ..." (traceback on stderr)."""
     import torch
 

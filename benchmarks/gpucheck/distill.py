@@ -101,7 +101,8 @@ def hand_step(ctx: RunContext, section: Any, timed: int, precision: str, seed: i
             loss = objective(embedding, batch, target)["loss"]  # margin and cosine math in fp32
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, section.clip_grad_norm)
+            if section.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, section.clip_grad_norm)
             optimizer.step()
             last = loss.detach()
             clock(step + 1)
@@ -137,6 +138,9 @@ def run(env: CheckEnv) -> tuple[list[Row], list[str]]:
             took, seen = runs[name](r)
             seconds[name].append(took)
             dtypes[name] |= seen
+    for handler in list(ctx.log.handlers):  # the run's log.txt and stderr lines
+        handler.close()
+        ctx.log.removeHandler(handler)
     median = {name: statistics.median(t) for name, t in seconds.items()}
     rows = [Row(name, "step time", 1000 * t, "ms", ratio=t / median["framework arcface"] if "ada" in name else None)
             for name, t in median.items()]

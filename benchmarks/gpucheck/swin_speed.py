@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
