@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"shapes": shapes.name, "sections": args.sections, "argv": sys.argv[1:],
                 "precision": {"hand_written": shapes.precision, "framework_requested": shapes.precision,
                               "framework": framework_precision, "recipe_keys": keys}}
-    print(f"device {machine['name']} ({machine['device']}), torch {machine['torch']}, CUDA {machine['cuda']}; "
+    print(f"device {machine['name']} ({machine['device']}), torch {machine['torch']}, CUDA build {machine['cuda_build']}; "
           f"shapes {shapes.name}; precision: hand-written {shapes.precision}, framework {framework_precision}",
           flush=True)
     sections: list[Section] = []

@@ -34,7 +34,7 @@ def describe(device: torch.device, peak_override: float | None) -> dict[str, Any
     name = device_name(device)
     peak = peak_override if peak_override is not None else bf16_peak_tflops(name)
     info: dict[str, Any] = {
-        "device": str(device), "name": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "device": str(device), "name": name, "torch": torch.__version__, "cuda_build": torch.version.cuda,
         "python": platform.python_version(), "bf16_peak_tflops": peak,
         "peak_source": "--peak-tflops" if peak_override is not None else ("table" if peak else None),
     }
