@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--peak-tflops", type=number(0.0, low_open=True),
                     help="the device's dense bf16 peak for MFU (default: from the table of known devices)")
     args = ap.parse_args(argv)
+    args.sections = list(dict.fromkeys(args.sections))  # each once, in the order given
     if args.json is None:
         args.json = RESULTS / ("gpu_check_cpu_smoke.json" if args.cpu_smoke else "gpu_check.json")
     if args.json.exists() and not args.force:

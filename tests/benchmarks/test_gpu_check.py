@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from gpucheck.device import bf16_peak_tflops, mfu_pct  # noqa: E402
 from gpucheck.precision import precision_keys  # noqa: E402
+from gpucheck.report import OOM, Row, Section, table, write_json  # noqa: E402
 
 VARIANTS = ["dense", "faces_0.5", "hnc_50pct", "faces_0.5_r8", "hnc_50pct_r8"]
 
@@ -124,3 +125,16 @@ def test_device_peaks_mfu_and_precision_keys() -> None:
     assert (keys, framework) in [({"precision": "bf16"}, "bf16"), ({}, "fp32")]  # with or without the setting
     with pytest.raises(ValueError, match="precision"):
         precision_keys("int8")
+
+
+def test_an_out_of_memory_figure_and_a_failed_section_are_recorded_not_fatal(tmp_path: Path) -> None:
+    done = Section("a", "speed", "ok", 1.5, [Row("dense", "inference, batch 256", OOM, "images/s"),
+                                             Row("dense", "inference, batch 1", 12.5, "images/s", ratio=1.0)])
+    failed = Section("b", "distill", "OOM", 0.5)
+    path = tmp_path / "partial.json"
+    write_json(path, {"name": "GPU"}, {}, [done, failed])
+    data = json.loads(path.read_text())
+    assert data["sections"]["a"]["rows"][0]["value"] == OOM and data["sections"]["b"]["status"] == OOM
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, renamed
+    printed = table([done, failed])
+    assert "OOM" in printed and "x1.000" in printed and "(b) distill: OOM, 0.5 s" in printed
