@@ -42,6 +42,10 @@ class MarkdownReporter:
         if run.plan is not None:
             lines.append(f"- units removed: {100 * run.plan.unit_ratio():.1f} % of {sum(g.size for g in run.plan.groups.values())}"
                          f" in {len(run.plan.groups)} groups (plan.json)")
+        unpruned = run.metrics.get("unpruned_groups") or {}
+        if unpruned:
+            lines.append(f"- left unpruned: {len(unpruned)} groups the importance declined — "
+                         + "; ".join(f"`{name}` ({why})" for name, why in unpruned.items()))
         lines.append("")
         labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
         phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}
