@@ -232,7 +232,8 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
     seed_phase(seed, phase)
     component = ctx.registry.get("loss", section.objective.name)
     objective = ctx.create("loss", section.objective).to(ctx.device)
-    objective.setup(ctx)
+    if callable(getattr(objective, "setup", None)):  # optional (the Loss protocol)
+        objective.setup(ctx)
     publish_objective(ctx, component, objective, phase, final=False)  # live, for evaluations during training
     needs_teacher = "teacher" in component.needs_for(section.objective.options)
     if needs_teacher and ctx.teacher is None:
