@@ -59,3 +59,37 @@ def test_example_importance_runs_from_a_recipe(example_site, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "corecompress", "validate", str(path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "required plugin 'corecompress-example' is not installed" in proc.stderr
+
+
+DUPLICATE_L1 = """
+import torch
+from corecompress import hookimpl
+
+class Ones:
+    def score(self, model, groups, ctx):
+        return {g.name: torch.ones(g.size) for g in groups}
+
+@hookimpl
+def register_importances(register):
+    register("l1", Ones)
+"""
+
+
+def test_the_example_plugins_own_tests_pass_with_pytest(example_site, tmp_path):
+    """``pytest`` in the example package, with it installed — and beside it another plugin whose name
+    clashes with a built-in one, which must not break this author's test run."""
+    from pathlib import Path
+
+    from tests_shared import fake_distribution
+
+    package = Path(__file__).resolve().parents[1] / "example_plugin"
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    fake_distribution(clash, "thirdparty-clash", {"clash": DUPLICATE_L1})
+    env = _env(example_site)
+    env["PYTHONPATH"] = f"{clash}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "4 passed" in proc.stdout
+    assert "importance 'l1' is registered by" in proc.stdout  # the clash is a warning in the summary
