@@ -93,3 +93,14 @@ def test_the_example_plugins_own_tests_pass_with_pytest(example_site, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "4 passed" in proc.stdout
     assert "importance 'l1' is registered by" in proc.stdout  # the clash is a warning in the summary
+
+
+def test_the_docs_contract_check_example_is_the_example_plugins_own_test():
+    """docs/plugins.md's example is not prose that can rot: it is the start of the tests run above."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    doc = (repo / "docs" / "plugins.md").read_text()
+    example = doc.split("## Checking it")[1].split("```python\n")[1].split("```")[0]
+    tests = (repo / "tests" / "example_plugin" / "tests" / "test_example.py").read_text()
+    assert "contract_checks.check(" in example and example in tests
