@@ -104,3 +104,18 @@ def fake_distribution(root: Path, dist: str, plugins: dict[str, str]) -> None:
         (root / f"{module}.py").write_text(textwrap.dedent(source))
         lines.append(f"{ep_name} = {module}")
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+#: A third-party plugin whose importance takes the built-in name ``l1`` (a name conflict).
+CLASHING_L1 = """
+import torch
+from corecompress import hookimpl
+
+class Ones:
+    def score(self, model, groups, ctx):
+        return {g.name: torch.ones(g.size) for g in groups}
+
+@hookimpl
+def register_importances(register):
+    register("l1", Ones)
+"""

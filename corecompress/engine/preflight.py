@@ -120,12 +120,14 @@ def preflight(ctx: Any) -> None:
     checked: list[str] = []
     with _streams_kept():
         batch = _stand_in_batch(ctx)
+        model = copy.deepcopy(ctx.model)  # one throwaway copy: the run's model is never touched
+        teacher = _stand_in_teacher(ctx, ctx.model)
         for phase in ("train", "retrain"):
             section = getattr(ctx.recipe, phase)
-            if section is not None and _check_objective(ctx, phase, section, batch):
+            if section is not None and _check_objective(ctx, phase, section, batch, model, teacher):
                 checked.append(f"{phase}.objective '{section.objective.name}'")
         if _scored_after_training(ctx):
-            _check_importance(ctx, batch)
+            _check_importance(ctx, batch, model, teacher)
             checked.append(f"importance '{ctx.recipe.prune.importance.name}'")
     if checked:
         ctx.log.info("pre-flight: %s called on stand-in inputs of this run's shapes: ok", ", ".join(checked))
@@ -171,14 +173,15 @@ class _StandInContext:
         return getattr(self._ctx, name)
 
 
-def _check_objective(ctx: Any, phase: str, section: Any, batch: dict[str, Any]) -> bool:
+def _check_objective(ctx: Any, phase: str, section: Any, batch: dict[str, Any], model: torch.nn.Module,
+                     teacher: torch.nn.Module | None) -> bool:
     """False when the objective cannot be tried yet (it needs an artifact an earlier phase produces)."""
     component = ctx.registry.get("loss", section.objective.name, f"{phase}.objective")
     needs = component.needs_for(section.objective.options)
     if any(ctx.artifacts.get(name) is None for name in needed_artifacts(needs)):
         return False
-    model = copy.deepcopy(ctx.model).train()
-    teacher = _stand_in_teacher(ctx, ctx.model) if "teacher" in needs else None
+    model.train()
+    teacher = teacher if "teacher" in needs else None
     view = _StandInContext(ctx, teacher=teacher, state={}, metrics={})
     with _as_component_error(component, f"{phase}.objective: "):
         objective = ctx.create("loss", section.objective).to(ctx.device)
@@ -193,14 +196,15 @@ def _check_objective(ctx: Any, phase: str, section: Any, batch: dict[str, Any]) 
     return True
 
 
-def _check_importance(ctx: Any, batch: dict[str, Any]) -> None:
+def _check_importance(ctx: Any, batch: dict[str, Any], model: torch.nn.Module,
+                      teacher: torch.nn.Module | None) -> None:
     p = ctx.recipe.prune
     component = ctx.registry.get("importance", p.importance.name, "prune.importance")
-    model = copy.deepcopy(ctx.model)
+    model.eval()
     groups = ctx.model_spec.prunable_groups(model, tuple(p.targets))
     if not groups:
         return  # the score stage reports it
-    view = _StandInContext(ctx, teacher=_stand_in_teacher(ctx, ctx.model), calibration=[batch], state={}, metrics={})
+    view = _StandInContext(ctx, teacher=teacher, calibration=[batch], state={}, metrics={})
     with _as_component_error(component, "prune.importance: "):
         scores = ctx.create("importance", p.importance).score(model, groups, view)
     check_scores(scores, groups, component)

@@ -14,7 +14,7 @@ import yaml
 
 from corecompress.errors import PluginError
 from corecompress.plugin.loading import PluginWarning, load_plugins
-from tests_shared import fake_distribution
+from tests_shared import CLASHING_L1, fake_distribution
 
 SCORES = """
 import torch
@@ -65,19 +65,6 @@ def register_losses(register):
     register("cosine_kd", CosineKD, needs={"teacher"})
     register("not_scalar", NotScalar)
     register("detached", Detached)
-"""
-
-DUPLICATE = """
-import torch
-from corecompress import hookimpl
-
-class Imp:
-    def score(self, model, groups, ctx):
-        return {g.name: torch.ones(g.size) for g in groups}
-
-@hookimpl
-def register_importances(register):
-    register("l1", Imp)
 """
 
 BASE = {"version": 1, "name": "author", "threads": 1, "model": "tiny_vit",
@@ -182,7 +169,7 @@ def test_a_broken_loss_stops_before_training(cli, broken_site, tmp_path, objecti
 
 
 def test_a_duplicate_name_leaves_every_command_working_and_says_how_to_block(cli, site, tmp_path, monkeypatch):
-    fake_distribution(site, "thirdparty-dup", {"dup": DUPLICATE})
+    fake_distribution(site, "thirdparty-dup", {"dup": CLASHING_L1})
     with pytest.warns(PluginWarning) as record:
         code, out, err = cli("plugins")
     assert code == 0 and "importance/l1  [conflict: unusable]" in out

@@ -61,31 +61,17 @@ def test_example_importance_runs_from_a_recipe(example_site, tmp_path):
     assert proc.returncode == 2 and "required plugin 'corecompress-example' is not installed" in proc.stderr
 
 
-DUPLICATE_L1 = """
-import torch
-from corecompress import hookimpl
-
-class Ones:
-    def score(self, model, groups, ctx):
-        return {g.name: torch.ones(g.size) for g in groups}
-
-@hookimpl
-def register_importances(register):
-    register("l1", Ones)
-"""
-
-
 def test_the_example_plugins_own_tests_pass_with_pytest(example_site, tmp_path):
     """``pytest`` in the example package, with it installed — and beside it another plugin whose name
     clashes with a built-in one, which must not break this author's test run."""
     from pathlib import Path
 
-    from tests_shared import fake_distribution
+    from tests_shared import CLASHING_L1, fake_distribution
 
     package = Path(__file__).resolve().parents[1] / "example_plugin"
     clash = tmp_path / "clash"
     clash.mkdir()
-    fake_distribution(clash, "thirdparty-clash", {"clash": DUPLICATE_L1})
+    fake_distribution(clash, "thirdparty-clash", {"clash": CLASHING_L1})
     env = _env(example_site)
     env["PYTHONPATH"] = f"{clash}{os.pathsep}{env['PYTHONPATH']}"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
