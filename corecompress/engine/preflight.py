@@ -215,7 +215,7 @@ def _as_component_error(component: Component, prefix: str) -> Iterator[None]:
     """A component's own exception on stand-in inputs, as one line naming it (``--debug``: its traceback)."""
     try:
         yield
-    except UserError:
+    except (UserError, OSError, torch.cuda.OutOfMemoryError):  # the user's input, the machine: reported as such
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's failure, reported as the contract it breaks
         from corecompress.plugin.loading import debug_tracebacks
