@@ -60,8 +60,13 @@ class Detached(torch.nn.Module):
     def forward(self, outputs, batch, teacher_outputs=None):
         return {"loss": F.cross_entropy(outputs.detach(), batch["label"])}
 
+class Crashes(torch.nn.Module):
+    def forward(self, outputs, batch, teacher_outputs=None):
+        return {"loss": outputs @ torch.ones(3, 3)}
+
 @hookimpl
 def register_losses(register):
+    register("crashes", Crashes)
     register("cosine_kd", CosineKD, needs={"teacher"})
     register("not_scalar", NotScalar)
     register("detached", Detached)
@@ -152,6 +157,7 @@ def test_a_data_needing_importance_without_calibration_data_is_refused_at_valida
 @pytest.mark.parametrize("objective, expected", [
     ("not_scalar", r"'loss' has shape \(4,\); expected a scalar \(shape \(\)\)"),
     ("detached", r"'loss' does not require grad"),
+    ("crashes", r"failed on stand-in inputs of this run's shapes: RuntimeError: mat1 and mat2 shapes cannot be"),
 ])
 def test_a_broken_loss_stops_before_training(cli, broken_site, tmp_path, objective, expected):
     import re
@@ -163,7 +169,7 @@ def test_a_broken_loss_stops_before_training(cli, broken_site, tmp_path, objecti
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"error: retrain.objective: loss '{objective}' (plugin 'losses', "
-                               "distribution 'thirdparty-losses'): ")
+                               "distribution 'thirdparty-losses')")
     assert re.search(expected, lines[0]), lines[0]
     assert "stage train: started" not in (out / "log.txt").read_text()
 
