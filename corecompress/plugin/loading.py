@@ -121,6 +121,20 @@ def _frame_in(filename: str, package: str) -> bool:
     return package in parts[:-1] or parts[-1] == f"{package}.py"
 
 
+def _import_failure(info: PluginInfo, exc: BaseException) -> tuple[str, str, str]:
+    """(status detail, error line, what the warning adds) of a plugin that failed to import; with
+    ``--debug`` its traceback is printed, once per process."""
+    place = failure_place(exc, info.module)
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    if debug_tracebacks() and f"traceback {place}" not in _WARNED:
+        _WARNED.add(f"traceback {place}")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    hint = "" if debug_tracebacks() else " (--debug or CORECOMPRESS_DEBUG_TRACEBACK=1 shows the traceback)"
+    return (f"import failed ({reason}; {place})",
+            f"plugin '{info.name}' failed to import: {reason} ({place}; distribution '{info.distribution}')",
+            f"; it is skipped{hint}")
+
+
 def new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -176,15 +190,7 @@ def load_plugins(*, require: Iterable[str] = (), block: Iterable[str] = (), stri
             module = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
             loaded.plugins[ep.name] = info
-            place = failure_place(exc, ep.value)
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-            if debug_tracebacks() and f"traceback {place}" not in _WARNED:
-                _WARNED.add(f"traceback {place}")
-                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-            hint = "" if debug_tracebacks() else " (--debug or CORECOMPRESS_DEBUG_TRACEBACK=1 shows the traceback)"
-            fail(info, f"import failed ({reason}; {place})",
-                 f"plugin '{ep.name}' failed to import: {reason} ({place}; distribution '{dist}')",
-                 f"; it is skipped{hint}")
+            fail(info, *_import_failure(info, exc))
             continue
         info.import_seconds = time.perf_counter() - start
         if info.import_seconds > slow_s:
