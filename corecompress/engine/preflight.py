@@ -115,16 +115,17 @@ def check_loss_parts(parts: Any, component: Component, phase: str, *, finite: bo
 
 def preflight(ctx: Any) -> None:
     """Check the run's objectives and importance on stand-in inputs (see the module docstring)."""
-    if distributed.world() > 1:
+    phases = [phase for phase in ("train", "retrain") if getattr(ctx.recipe, phase) is not None]
+    if distributed.world() > 1 or not (phases or _scored_after_training(ctx)):
         return
     checked: list[str] = []
     with _streams_kept():
         batch = _stand_in_batch(ctx)
         model = copy.deepcopy(ctx.model)  # one throwaway copy: the run's model is never touched
         teacher = _stand_in_teacher(ctx, ctx.model)
-        for phase in ("train", "retrain"):
+        for phase in phases:
             section = getattr(ctx.recipe, phase)
-            if section is not None and _check_objective(ctx, phase, section, batch, model, teacher):
+            if _check_objective(ctx, phase, section, batch, model, teacher):
                 checked.append(f"{phase}.objective '{section.objective.name}'")
         if _scored_after_training(ctx):
             _check_importance(ctx, batch, model, teacher)
