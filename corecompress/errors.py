@@ -21,3 +21,8 @@ class PluginError(UserError):
 
 class DataFormatError(UserError, ValueError):
     """A data or weights file exists but is malformed, truncated, unsupported or unsafe (one line naming it)."""
+
+
+class ComponentError(PluginError):
+    """A plugin's component broke its contract when called (scores of the wrong shape, a list for a tensor, a
+    loss that is not a scalar): one line naming the plugin, the component and expected vs actual."""

@@ -13,6 +13,10 @@ SHARED_DATA = Path(os.environ.get("CORECOMPRESS_SHARED_DATA", REPO.parent / "sha
 
 torch.set_num_threads(1)  # small ops; avoids oversubscription when tests spawn processes
 
+# the example plugin's own tests need it installed: tests/plugin/test_example_plugin.py installs it into a
+# scratch site and runs them there, as its author would
+collect_ignore_glob = ["example_plugin/*"]
+
 
 @pytest.fixture
 def repo() -> Path:

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,34 @@ def with_placeholder_inputs(node: Any, tmp_path: Path) -> Any:
             target.mkdir(exist_ok=True)
         return str(target)
     return node
+
+
+def fake_distribution(root: Path, dist: str, plugins: dict[str, str]) -> None:
+    """Install a distribution into ``root`` (on sys.path): modules + dist-info with entry points.
+
+    ``plugins`` maps entry-point name → module source.
+    """
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = ["[corecompress]"]
+    for ep_name, source in plugins.items():
+        module = f"{dist.replace('-', '_')}_{ep_name}"
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+        lines.append(f"{ep_name} = {module}")
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+#: A third-party plugin whose importance takes the built-in name ``l1`` (a name conflict).
+CLASHING_L1 = """
+import torch
+from corecompress import hookimpl
+
+class Ones:
+    def score(self, model, groups, ctx):
+        return {g.name: torch.ones(g.size) for g in groups}
+
+@hookimpl
+def register_importances(register):
+    register("l1", Ones)
+"""

@@ -393,7 +393,7 @@ def _alias(c: Choice, aliases: dict[str, str], kind: str, path: str, registry: R
     if not aliases:
         return c
     c.name = aliases.get(c.name, c.name)
-    if c.name not in registry.components[kind]:
+    if c.name not in registry.components[kind] and c.name not in registry.conflicts[kind]:
         known = sorted(set(registry.names(kind)) | set(aliases))
         raise RecipeError(join_path(path, "name") if c.raw else path,
                           f"unknown {kind} {quoted(c.name)}" + close_match(c.name, known)

@@ -35,6 +35,7 @@ from corecompress.engine.artifacts import ArtifactStore
 from corecompress.engine.context import RunContext
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
+from corecompress.engine.preflight import check_scores, declined_reasons, preflight
 from corecompress.tools.export import export_run, load_weights_file
 from corecompress.plugin.loading import LoadedPlugins
 from corecompress.pruning.gradual import (
@@ -70,6 +71,7 @@ def build(ctx: RunContext) -> None:
             _load_into(spec, ctx.teacher, r.teacher.weights)
         _freeze(ctx.teacher)
     ctx.log.info("model %s: %.3f M parameters", r.model.name, sum(p.numel() for p in ctx.model.parameters()) / 1e6)
+    preflight(ctx)  # every chosen component once on stand-in inputs, before anything trains
 
 
 def train_stage(ctx: RunContext) -> Any:
@@ -103,9 +105,25 @@ def score(ctx: RunContext) -> Any:
         return None
     importance = ctx.create("importance", p.importance)
     start = time.perf_counter()
-    ctx.scores = importance.score(ctx.model, ctx.groups, ctx)
+    ctx.scores = _checked_scores(ctx, importance, ctx.model)
     ctx.metrics["scoring_seconds"] = time.perf_counter() - start
     return ctx.scores
+
+
+def _checked_scores(ctx: RunContext, importance: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The importance's scores of ``ctx.groups``, checked (one line naming the plugin otherwise); groups
+    an importance declared it may decline are logged and recorded as left unpruned, with why."""
+    component = ctx.registry.get("importance", ctx.recipe.prune.importance.name)
+    scores = importance.score(model, ctx.groups, ctx)
+    missing = check_scores(scores, ctx.groups, component)
+    if missing:
+        reasons = declined_reasons(importance, missing, component)
+        if reasons != ctx.metrics.get("unpruned_groups"):
+            shown = "; ".join(f"{name}: {why}" for name, why in list(reasons.items())[:5])
+            ctx.log.warning("warning: importance '%s' left %d of %d groups unpruned: %s%s", component.name,
+                            len(missing), len(ctx.groups), shown, " ..." if len(reasons) > 5 else "")
+        ctx.metrics["unpruned_groups"] = reasons
+    return scores
 
 
 def plan(ctx: RunContext) -> Any:
@@ -132,9 +150,13 @@ def plan(ctx: RunContext) -> Any:
 
 def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
     p = ctx.recipe.prune
-    return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction,
-                     meta={"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name},
-                     round_to=p.round_to)
+    meta = {"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name}
+    if ctx.metrics.get("unpruned_groups"):
+        meta["unpruned_groups"] = ctx.metrics["unpruned_groups"]
+    try:
+        return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction, meta=meta, round_to=p.round_to)
+    except ValueError as exc:  # scores are checked when made; this is the last line of defence
+        raise UserError(f"prune: importance '{p.importance.name}': {exc}") from None
 
 
 def _save_plan(ctx: RunContext, name: str, plan: PruningPlan) -> None:
@@ -210,7 +232,7 @@ def _gradual_pruner(ctx: RunContext) -> GradualPruner:
         ctx, ctx.groups, _round_sparsities(ctx),
         round_steps(p.rounds, ctx.recipe.retrain.steps, p.ramp_fraction),
         make=lambda scores, sparsity: _make_plan(ctx, scores, sparsity),
-        score=lambda model: importance.score(model, ctx.groups, ctx),
+        score=lambda model: _checked_scores(ctx, importance, model),
         agree=lambda own: _agree_on_plan(ctx, own),
         save=lambda k, plan: _save_plan(ctx, plan_file(ctx.recipe, k), plan))
     if ctx.resuming and distributed.is_main():  # rounds done before the interruption, from their plans

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from corecompress.engine import distributed, row_shards
 from corecompress.engine.artifacts import publish_objective
+from corecompress.engine.preflight import check_loss_parts
 from corecompress.engine.checkpoint import (
     Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
     save_checkpoint, set_rng_state,
@@ -231,7 +232,8 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
     seed_phase(seed, phase)
     component = ctx.registry.get("loss", section.objective.name)
     objective = ctx.create("loss", section.objective).to(ctx.device)
-    objective.setup(ctx)
+    if callable(getattr(objective, "setup", None)):  # optional (the Loss protocol)
+        objective.setup(ctx)
     publish_objective(ctx, component, objective, phase, final=False)  # live, for evaluations during training
     needs_teacher = "teacher" in component.needs_for(section.objective.options)
     if needs_teacher and ctx.teacher is None:
@@ -323,6 +325,9 @@ def _run_steps(loop: _Loop) -> bool:
                 stopping = True
                 break
             parts = _forward(loop, batch, step)
+            if step == loop.first_step:  # the objective's contract, before its first optimizer step
+                check_loss_parts(parts, loop.ctx.registry.get("loss", loop.section.objective.name), loop.phase,
+                                 finite=False)
             step_loss, stopping = _reduce_loss(loop, parts["loss"], stop)
             finite = _check_finite(loop, step_loss, step)
             loop.optimizer.zero_grad(set_to_none=True)

@@ -6,12 +6,14 @@ built-in plugins (FACES, AdaDistill, face models, ...) use exactly the same path
 
 Registration hooks receive a ``register`` callback
 (:class:`corecompress.plugin.protocols.Register`): ``register(name, factory, options=OptionsDataclass,
-*, description="", needs=(), produces=())``. ``factory(options)`` is called with the validated options
+*, description="", needs=(), produces=(), declines_groups=False)``. ``factory(options)`` is called with the validated options
 instance (or with no argument when ``options`` is None) and returns the component. Recipes choose
 components by name. ``needs`` — what the component needs from the run: ``"teacher"``, ``"data"``
 (calibration batches), ``"grad"``, or ``"artifact:NAME"`` (something another component produces), or a
 function of the parsed options returning them — is declared here and nowhere else; ``produces`` names the
-artifacts it hands to others (see :mod:`corecompress.engine.artifacts`).
+artifacts it hands to others (see :mod:`corecompress.engine.artifacts`); ``declines_groups=True`` lets an
+importance leave groups unscored (they stay unpruned; the run says which). docs/plugins.md describes
+each kind for authors.
 
 An implementation may accept fewer arguments than its specification, so new arguments can be
 added to a hook later without breaking plugins (pluggy's rule); arguments are never removed.

@@ -9,13 +9,22 @@ is on, when it is an error. Environment variables (pytest/llm style):
   ``CORECOMPRESS_PLUGINS`` (comma-separated) or required by the recipe;
 - ``CORECOMPRESS_BLOCK_PLUGINS=a,b``: never load these;
 - ``CORECOMPRESS_STRICT_PLUGINS=1``: any broken plugin is an error;
-- ``CORECOMPRESS_SLOW_IMPORT_S`` (default 3): warn when a plugin takes longer than this to import.
+- ``CORECOMPRESS_SLOW_IMPORT_S`` (default 3): warn when a plugin takes longer than this to import;
+- ``CORECOMPRESS_DEBUG_TRACEBACK=1`` (what the CLI's ``--debug`` sets): print the traceback of a plugin
+  that failed to import.
+
+Each warning is given once per process, however often the plugins are loaded. A plugin that fails to
+import is named with the file and line where it failed. A component name two plugins register is a
+conflict (a warning; an error in strict mode): the tool starts, the name is unusable, and asking for it
+says how to block either plugin (:meth:`corecompress.plugin.registry.Registry.conflict_message`).
 """
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -79,6 +88,53 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+_WARNED: set[str] = set()  # the warnings this process gave already: each is given once
+
+
+def warn_once(text: str, stacklevel: int = 3) -> None:
+    """A :class:`PluginWarning`, unless this process gave the same one before."""
+    if text in _WARNED:
+        return
+    _WARNED.add(text)
+    warnings.warn(text, PluginWarning, stacklevel=stacklevel)
+
+
+def debug_tracebacks() -> bool:
+    """``CORECOMPRESS_DEBUG_TRACEBACK`` (set by ``corecompress --debug``): show tracebacks of failures."""
+    return _env_flag("CORECOMPRESS_DEBUG_TRACEBACK")
+
+
+def failure_place(exc: BaseException, module: str) -> str:
+    """Where an import failed, as "FILE, line N": the deepest frame of the plugin's own package (else
+    the deepest frame with a file; a SyntaxError's own place)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}, line {exc.lineno}"
+    top = module.split(":")[0].split(".")[0]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    own = [f for f in frames if _frame_in(f.filename, top)]
+    chosen = (own or frames)[-1:] if frames else []
+    return f"{chosen[0].filename}, line {chosen[0].lineno}" if chosen else "unknown place"
+
+
+def _frame_in(filename: str, package: str) -> bool:
+    parts = filename.replace("\\", "/").split("/")
+    return package in parts[:-1] or parts[-1] == f"{package}.py"
+
+
+def _import_failure(info: PluginInfo, exc: BaseException) -> tuple[str, str, str]:
+    """(status detail, error line, what the warning adds) of a plugin that failed to import; with
+    ``--debug`` its traceback is printed, once per process."""
+    place = failure_place(exc, info.module)
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    if debug_tracebacks() and f"traceback {place}" not in _WARNED:
+        _WARNED.add(f"traceback {place}")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    hint = "" if debug_tracebacks() else " (--debug or CORECOMPRESS_DEBUG_TRACEBACK=1 shows the traceback)"
+    return (f"import failed ({reason}; {place})",
+            f"plugin '{info.name}' failed to import: {reason} ({place}; distribution '{info.distribution}')",
+            f"; it is skipped{hint}")
+
+
 def new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -108,12 +164,13 @@ def load_plugins(*, require: Iterable[str] = (), block: Iterable[str] = (), stri
     pm = new_manager()
     loaded = LoadedPlugins(manager=pm, registry=Registry())
 
-    def fail(info: PluginInfo, message: str) -> None:
+    def fail(info: PluginInfo, message: str, text: str = "", skipped: str = "") -> None:
+        """``text`` is the error; the warning adds ``skipped``."""
         info.status, info.error = "failed", message
-        text = f"plugin '{info.name}' from distribution '{info.distribution}' was skipped: {message}"
+        text = text or f"plugin '{info.name}' from distribution '{info.distribution}' was skipped: {message}"
         if strict or info.name in required or info.distribution in required:
             raise PluginError(text)
-        warnings.warn(text, PluginWarning, stacklevel=3)
+        warn_once(text + skipped)
 
     candidates: list[tuple[PluginInfo, Any]] = []
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -133,12 +190,12 @@ def load_plugins(*, require: Iterable[str] = (), block: Iterable[str] = (), stri
             module = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the tool down
             loaded.plugins[ep.name] = info
-            fail(info, f"import failed ({type(exc).__name__}: {exc})")
+            fail(info, *_import_failure(info, exc))
             continue
         info.import_seconds = time.perf_counter() - start
         if info.import_seconds > slow_s:
-            warnings.warn(f"plugin '{ep.name}' from distribution '{dist}' took {info.import_seconds:.1f} s to import;"
-                          " heavy imports belong inside functions", PluginWarning, stacklevel=2)
+            warn_once(f"plugin '{ep.name}' from distribution '{dist}' took {info.import_seconds:.1f} s to import;"
+                      " heavy imports belong inside functions")
         loaded.plugins[ep.name] = info
         candidates.append((info, module))
     for name, module in extra:
@@ -164,6 +221,7 @@ def load_plugins(*, require: Iterable[str] = (), block: Iterable[str] = (), stri
             fail(info, f"unknown hook ({exc})")
 
     _run_registration(loaded, required, strict)
+    _report_conflicts(loaded.registry, strict)
     missing = [r for r in required if not any(
         (p.name == r or p.distribution == r) and p.status == "loaded" for p in loaded.plugins.values())]
     if missing:
@@ -186,15 +244,22 @@ def _run_registration(loaded: LoadedPlugins, required: set[str], strict: bool) -
                 impl.function(register=register)
             except Exception as exc:  # noqa: BLE001 - a broken plugin is skipped, not fatal
                 if isinstance(exc, PluginError) and not isinstance(exc, DeclarationError):
-                    raise  # e.g. two plugins register one name: the user must choose
+                    raise  # e.g. an unknown kind
                 info.status = "failed"
                 info.error = str(exc) if isinstance(exc, DeclarationError) else \
                     f"{hook_name(kind)} raised {type(exc).__name__}: {exc}"
-                for comps in loaded.registry.components.values():
-                    for name in [n for n, c in comps.items() if c.plugin == info.name]:
-                        del comps[name]
+                loaded.registry.remove_plugin(info.name)
                 pm.unregister(name=info.name)
                 text = f"plugin '{info.name}' from distribution '{info.distribution}' was skipped: {info.error}"
                 if strict or info.name in required or info.distribution in required:
                     raise PluginError(text) from None
-                warnings.warn(text, PluginWarning, stacklevel=2)
+                warn_once(text)
+
+
+def _report_conflicts(registry: Registry, strict: bool) -> None:
+    """One warning per name two plugins register (an error in strict mode)."""
+    for kind in KINDS:
+        for name in sorted(registry.conflicts[kind]):
+            if strict:
+                raise PluginError(registry.conflict_message(kind, name))
+            warn_once(registry.conflict_message(kind, name))

@@ -52,7 +52,11 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class Importance(Protocol):
-    """Scores the units of prunable groups: ``{group name: (group.size,) tensor}``, higher = keep."""
+    """Scores the units of prunable groups: ``{group name: (group.size,) tensor}`` of finite numbers,
+    higher = keep, one entry per group — unless the importance was registered with
+    ``declines_groups=True``: then groups it leaves out stay unpruned, and its optional ``declined``
+    attribute (``{group name: reason}``) says why in the log and the report. Every scoring is checked
+    (:func:`corecompress.engine.preflight.check_scores`)."""
 
     def score(self, model: nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]: ...
 
@@ -129,7 +133,9 @@ class Register(Protocol[T_co]):
     ``factory(options)`` (or ``factory()`` when ``options`` is None) returns the component; ``options`` is
     a dataclass (the recipe schema); ``needs``: names from :data:`RESOURCES` or artifacts other
     components produce (or a function of the parsed options returning them); ``produces``: the
-    artifacts the component hands to others."""
+    artifacts the component hands to others; ``declines_groups`` (importances only): it may leave groups
+    unscored."""
 
     def __call__(self, name: str, factory: Callable[..., T_co], options: type | None = None, *,
-                 description: str = "", needs: Needs = (), produces: Iterable[str] = ()) -> None: ...
+                 description: str = "", needs: Needs = (), produces: Iterable[str] = (),
+                 declines_groups: bool = False) -> None: ...

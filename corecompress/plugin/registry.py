@@ -1,8 +1,9 @@
 """The component registry: every plugin-provided component, by kind and name.
 
 Plugins fill it through the ``register_*`` hooks (see :mod:`corecompress.plugin.hookspecs`); recipes
-pick components by name. A name registered twice is an error naming both plugins — nothing is
-silently overwritten (a torchdistill pitfall).
+pick components by name. A name registered by two plugins is a conflict: nothing is silently
+overwritten (a torchdistill pitfall), every command still starts, and the name is unusable — asking for it
+is one line naming both plugins and how to block either (:meth:`Registry.get`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Component:
     description: str = ""
     needs: frozenset[str] | Callable[[Any], Any] = frozenset()  # names, or a function of the parsed options
     produces: frozenset[str] = frozenset()
+    declines_groups: bool = False  # an importance that may leave groups unscored (they stay unpruned)
 
     def needs_for(self, options: Any) -> frozenset[str]:
         """What this component needs with these parsed options (the one declaration, made at registration)."""
@@ -72,25 +74,56 @@ class Component:
 @dataclass
 class Registry:
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    #: names registered by more than one plugin: kind -> name -> every registration (none of them usable)
+    conflicts: dict[str, dict[str, list[Component]]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def add(self, component: Component) -> None:
+        """Register ``component``; a name another plugin registered becomes a conflict (see :meth:`get`)."""
         if component.kind not in self.components:
             raise PluginError(f"plugin '{component.plugin}' registers unknown kind '{component.kind}'")
-        existing = self.components[component.kind].get(component.name)
-        if existing is not None:
-            raise PluginError(
-                f"{component.kind} '{component.name}' is registered twice: by plugin '{existing.plugin}'"
-                f" ({existing.distribution or '?'}) and by plugin '{component.plugin}'"
-                f" ({component.distribution or '?'}); block one of them")
-        self.components[component.kind][component.name] = component
+        kind, name = component.kind, component.name
+        if name in self.conflicts[kind]:
+            self.conflicts[kind][name].append(component)
+        elif name in self.components[kind]:
+            self.conflicts[kind][name] = [self.components[kind].pop(name), component]
+        else:
+            self.components[kind][name] = component
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget every registration of ``plugin`` (skipped after it failed); a conflict it was part of is
+        resolved when one registration is left."""
+        for kind in KINDS:
+            for name in [n for n, c in self.components[kind].items() if c.plugin == plugin]:
+                del self.components[kind][name]
+            for name, rivals in list(self.conflicts[kind].items()):
+                left = [c for c in rivals if c.plugin != plugin]
+                if len(left) > 1:
+                    self.conflicts[kind][name] = left
+                    continue
+                del self.conflicts[kind][name]
+                if left:
+                    self.components[kind][name] = left[0]
+
+    def conflict_message(self, kind: str, name: str) -> str:
+        """One line: who registers ``name`` and exactly how to block either of them."""
+        rivals = self.conflicts[kind][name]
+        who = " and ".join(f"plugin '{c.plugin}' ({c.distribution or '?'})" for c in rivals)
+        last, others = rivals[-1].plugin, "".join(f" (or ={c.plugin})" for c in rivals[:-1])
+        return (f"{kind} '{name}' is registered by {who}, so it cannot be used; block one of them: "
+                f"CORECOMPRESS_BLOCK_PLUGINS={last}{others} in the environment, or "
+                f"'plugins: {{block: [{last}]}}' in the recipe")
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
     def get(self, kind: str, name: Any, path: str = "") -> Component:
-        """The component ``name`` of ``kind``; a RecipeError listing the known names otherwise."""
+        """The component ``name`` of ``kind``; a RecipeError listing the known names otherwise, a
+        PluginError when two plugins register the name."""
         if not isinstance(name, str):
             raise RecipeError(path, f"expected the name of a {kind} (a string), got {short_repr(name)}")
+        if name in self.conflicts.get(kind, {}):
+            raise PluginError(f"{path}: {self.conflict_message(kind, name)}" if path else
+                              self.conflict_message(kind, name))
         try:
             return self.components[kind][name]
         except KeyError:
@@ -104,9 +137,11 @@ class Registry:
                 if artifact in c.produces]
 
     def by_plugin(self) -> dict[str, list[Component]]:
+        """Every registration of each plugin, conflicting ones included (``corecompress plugins``)."""
         out: dict[str, list[Component]] = {}
         for kind in KINDS:
-            for comp in self.components[kind].values():
+            everything = list(self.components[kind].values()) + [c for cs in self.conflicts[kind].values() for c in cs]
+            for comp in sorted(everything, key=lambda c: c.name):
                 out.setdefault(comp.plugin, []).append(comp)
         return out
 
@@ -121,7 +156,7 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str)
     :class:`corecompress.plugin.protocols.Register`)."""
 
     def register(name: str, factory: Callable[..., Any], options: type | None = None, *,
-                 description: str = "", needs: Any = (), produces: Any = ()) -> None:
+                 description: str = "", needs: Any = (), produces: Any = (), declines_groups: bool = False) -> None:
         where = f"plugin '{plugin}': {kind} '{name}'"
         if not isinstance(name, str) or not name:
             raise DeclarationError(f"plugin '{plugin}': a {kind} needs a non-empty string name, got {name!r}")
@@ -129,13 +164,15 @@ def make_register(registry: Registry, kind: str, plugin: str, distribution: str)
             raise DeclarationError(f"{where}: the factory {factory!r} is not callable")
         if options is not None and not dataclasses.is_dataclass(options):
             raise DeclarationError(f"{where}: options must be a dataclass")
+        if not isinstance(declines_groups, bool) or (declines_groups and kind != "importance"):
+            raise DeclarationError(f"{where}: declines_groups=True is for importances (a bool), got {declines_groups!r}")
         if not callable(needs):
             needs = _names(needs, where, "needs")
             check_needs(needs, where)
         summary = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
         registry.add(Component(kind=kind, name=name, factory=factory, options=options, plugin=plugin,
                                distribution=distribution, description=summary, needs=needs,
-                               produces=_names(produces, where, "produces")))
+                               produces=_names(produces, where, "produces"), declines_groups=declines_groups))
 
     return register
 

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 
 from corecompress.engine.artifacts import ArtifactStore, objective_artifacts
-from corecompress.errors import UserError
+from corecompress.engine.preflight import check_scores
+from corecompress.errors import ComponentError, UserError
 from corecompress.plugin.protocols import PROTOCOLS
 from corecompress.plugin.registry import Component, Registry, needed_artifacts
 from corecompress.pruning.groups import check_groups
@@ -157,8 +158,9 @@ def _make_artifact(name: str, ctx: Any, registry: Registry, consumer: Component)
 
 def check_importance(component: Component, options: dict[str, Any] | None = None,
                      registry: Registry | None = None) -> Checked:
-    """Scores: a dict of (group.size,) finite tensors for groups of the stand-in models, at least one
-    group scored, the same twice for the same seed."""
+    """Scores: a dict of (group.size,) finite tensors for every group of the stand-in models (an importance
+    registered with ``declines_groups=True``: for some), the same twice for the same seed — the checks
+    every run applies (:func:`corecompress.engine.preflight.check_scores`)."""
     registry = registry or default_registry()
     scored = 0
     for model_name, model_options, targets in STAND_IN_MODELS:
@@ -169,18 +171,13 @@ def check_importance(component: Component, options: dict[str, Any] | None = None
         _supply(component, parsed, ctx, registry)
         first = importance.score(model, groups, ctx)
         second = _build(component, options)[0].score(model, groups, ctx)
-        assert isinstance(first, dict), f"importance {component.name}: score() returned {type(first).__name__}, not a dict"
-        unknown = sorted(set(first) - {g.name for g in groups})
-        assert not unknown, f"importance {component.name}: scores for groups that do not exist: {unknown[:3]}"
-        for g in groups:
-            if g.name not in first:
-                continue  # an importance may decline groups it does not understand (the runner says so)
-            s = first[g.name]
-            assert isinstance(s, torch.Tensor), \
-                f"importance {component.name}: {g.name} scores are a {type(s).__name__}, not a tensor of shape ({g.size},)"
-            assert s.shape == (g.size,), f"importance {component.name}: {g.name} has {tuple(s.shape)} scores, not ({g.size},)"
-            assert torch.isfinite(s).all(), f"importance {component.name}: non-finite scores for {g.name}"
-            assert torch.equal(s, second[g.name]), f"importance {component.name}: not deterministic on {g.name}"
+        if first or not component.declines_groups:  # one that declines may skip a whole stand-in model
+            try:
+                check_scores(first, groups, component)
+            except ComponentError as exc:
+                raise AssertionError(str(exc)) from None
+        for name, s in first.items():
+            assert torch.equal(s, second[name]), f"importance {component.name}: not deterministic on {name}"
             scored += 1
     assert scored, f"importance {component.name} scored no group of the stand-in models"
     return Checked("importance", component.name, f"{scored} groups scored")

@@ -3,7 +3,12 @@
 Exit codes: 0 success; 2 a user mistake (one line ``error: ...``); 1 a failure that is not the
 user's input — an operating-system error such as a full disk (checkpoints already written stay
 usable), or an ONNX file that does not match PyTorch (one line ``error: ...``);
-130 interrupted by Ctrl-C (training writes a checkpoint first; ``run --resume DIR`` continues).
+130 interrupted by Ctrl-C (training writes a checkpoint first; ``run --resume DIR`` continues);
+141 (128 + SIGPIPE, as a shell reports it) when the reader of the output went away
+(``corecompress plugins | head -1``): the command ends quietly, printing nothing more.
+
+``--debug`` (before the command) prints the traceback of a plugin that fails to import and of an
+operating-system error (the same as ``CORECOMPRESS_DEBUG_TRACEBACK=1``).
 
 ``torchrun --nproc_per_node=N -m corecompress run RECIPE`` runs data-parallel (docs/distributed.md):
 ``run`` joins the process group first; rank 0 prints the results; a failure on rank 0 is printed by
@@ -27,6 +32,7 @@ from corecompress.errors import UserError
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 ONNX_TOLERANCE = 1e-4
 DEVICE_HELP = ("auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' (with --resume: the run continues "
                "on this device)")
@@ -142,10 +148,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from corecompress.plugin.loading import load_plugins
 
     loaded = load_plugins()
-    by_plugin = loaded.registry.by_plugin()
+    registry = loaded.registry
+    by_plugin = registry.by_plugin()
     rows = []
     for name, info in sorted(loaded.plugins.items()):
-        comps = [{"kind": c.kind, "name": c.name} for c in by_plugin.get(name, [])]
+        comps = [{"kind": c.kind, "name": c.name} | ({"conflict": registry.conflict_message(c.kind, c.name)}
+                                                     if c.name in registry.conflicts[c.kind] else {})
+                 for c in by_plugin.get(name, [])]
         hooks = sorted(h.name for h in loaded.manager.get_hookcallers(loaded.manager.get_plugin(name)) or []) \
             if loaded.manager.get_plugin(name) is not None else []
         rows.append({"name": name, "distribution": info.distribution, "version": info.version,
@@ -158,7 +167,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         status = "" if row["status"] == "loaded" else f"  [{row['status']}: {row['error']}]" if row["error"] else f"  [{row['status']}]"
         print(f"{row['name']}  ({row['distribution']} {row['version']}){status}")
         for comp in row["components"]:
-            print(f"    {comp['kind']}/{comp['name']}")
+            print(f"    {comp['kind']}/{comp['name']}" + ("  [conflict: unusable]" if "conflict" in comp else ""))
+    for kind in sorted(registry.conflicts):
+        for name in sorted(registry.conflicts[kind]):
+            print(f"conflict: {registry.conflict_message(kind, name)}")
     return 0
 
 
@@ -190,6 +202,8 @@ def cmd_options(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corecompress", description="Compress face-analysis models with recipes.")
     parser.add_argument("--version", action="version", version=f"corecompress {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print tracebacks of plugins that fail to import and of operating-system errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a recipe, or continue an interrupted run (--resume)")
     p.add_argument("recipe", nargs="?")
@@ -228,6 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with 2 on bad arguments, one usage line
+    debug_before = os.environ.get("CORECOMPRESS_DEBUG_TRACEBACK")
+    if args.debug:
+        os.environ["CORECOMPRESS_DEBUG_TRACEBACK"] = "1"
+    try:
+        return _main(args)
+    finally:
+        if args.debug and debug_before is None:
+            os.environ.pop("CORECOMPRESS_DEBUG_TRACEBACK", None)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         for value in vars(args).values():
             if isinstance(value, str) and "\x00" in value:
@@ -235,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _launched_distributed() and args.func is not cmd_run:  # each process would write the same files
             raise UserError(f"'{args.command}' does not run distributed; start it without torchrun "
                             "(only 'run' does)")
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is met here, not at the interpreter's exit
+        return code
     except UserError as exc:
         _print_error(str(exc), exc)
         return EXIT_USAGE
@@ -245,12 +272,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _rank() == 0:
             print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``| head``): nothing more to say to it
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # not the user's recipe: disk full, permissions, a vanished file system
         if os.environ.get("CORECOMPRESS_DEBUG_TRACEBACK"):
             import traceback
             traceback.print_exc()
         _print_error(_os_error_line(exc), exc)
         return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush cannot fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured in tests)
+        pass
 
 
 def _launched_distributed() -> bool:

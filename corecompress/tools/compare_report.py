@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 from corecompress.errors import UserError
 from corecompress.engine.rundir import atomic_write_bytes
+from corecompress.tools.spread import CV_SUFFIX, NOISY_CV, noisy_label
 
 KEY_METRIC_WORDS = ("accuracy", "params", "macs", "images_per_s", "speedup")
 PLOTS_HINT = "pip install 'corecompress[plots]'"
@@ -101,7 +102,8 @@ def key_metrics(results: list[RunResult]) -> list[str]:
     """The ``after/`` metrics worth a table column, accuracies first (nonzero_params only when it differs)."""
     done = [r for r in results if r.status == "complete"]
     after = [k for k in metric_columns(done) if k.startswith("after/")]
-    chosen = [k for k in after if any(w in k.split("/")[-1].lower() for w in KEY_METRIC_WORDS)]
+    chosen = [k for k in after if any(w in k.split("/")[-1].lower() for w in KEY_METRIC_WORDS)
+              and not k.endswith(CV_SUFFIX)]  # a timing's spread marks its column instead
     redundant = set()
     for k in chosen:
         if k.endswith("nonzero_params"):
@@ -135,6 +137,12 @@ def format_mean_std(values: list[float], metric: str) -> str:
     if len(values) == 1:
         return f"{mean:.{places}f} ±0 (n=1)"
     return f"{mean:.{places}f} ± {std:.{places}f}" if std else f"{mean:.{places}f} ± 0"
+
+
+def _marked(text: str, spreads: list[float]) -> str:
+    """``text`` with "(noisy: CV 85 %)" when the noisiest run's timing spread exceeds the threshold."""
+    noisy = noisy_label(max(spreads)) if spreads else ""
+    return f"{text} ({noisy})" if noisy else text
 
 
 def _header(short: str) -> str:
@@ -174,7 +182,8 @@ def results_markdown(results: list[RunResult], title: str) -> str:
              f"{len(results)} run(s), {done} complete; seeds {seeds}. Each entry is the mean ± sample standard "
              "deviation (n − 1 denominator) over the cell's complete runs; '±0 (n=1)' marks a single run.",
              "Params and MACs in millions; throughput (images_per_s) measured on this machine; speedup is "
-             "against the dense model measured in the same run.", ""]
+             "against the dense model measured in the same run; \"noisy: CV x %\" marks a timing whose "
+             f"repeats varied by more than {100 * NOISY_CV:.0f} % (coefficient of variation): not to be trusted.", ""]
     head = [labels[k] for k in assignment_keys] + ["n"] + [h for _k, h in columns]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(assignment_keys) + "---:|" + "---:|" * len(columns))
@@ -185,7 +194,8 @@ def results_markdown(results: list[RunResult], title: str) -> str:
         row = [format_value(cell_runs[0].assignments[k]) if k in cell_runs[0].assignments else "" for k in assignment_keys]
         row.append(n)
         for key, _h in columns:
-            row.append(format_mean_std([r.metrics[key] for r in complete if key in r.metrics], key))
+            row.append(_marked(format_mean_std([r.metrics[key] for r in complete if key in r.metrics], key),
+                               [r.metrics[key + CV_SUFFIX] for r in complete if key + CV_SUFFIX in r.metrics]))
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     problems = [r for r in results if r.status != "complete"]
     if problems:

@@ -9,6 +9,9 @@ Follows the spec (/work/shared/spec/evaluation.md, "Efficiency"):
 * latency / throughput in eval mode without grad, at a fixed thread count, after warm-up, as the
   median of >= 10 timed runs, synchronising CUDA before reading the clock; several models are
   compared in one process with interleaved runs so that drift (thermal, other load) hits all alike;
+  every timing carries its spread, the coefficient of variation (CV = sample standard deviation / mean)
+  of its repeats, and a throughput whose CV exceeds :data:`NOISY_CV` is not to be trusted: reports show
+  it as "noisy: CV 85 %" (:mod:`corecompress.tools.spread`) rather than as a plain figure;
 * peak memory of inference and of a training step.
 """
 
@@ -23,6 +26,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from corecompress.tools.spread import CV_SUFFIX, NOISY_CV, noisy_label, spread  # noqa: F401 - re-exported
 
 MIN_REPEATS = 10
 
@@ -188,9 +193,12 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], *, warmup: int, rep
 
 def _summary(times: list[float], batch_size: int, threads: int) -> dict[str, Any]:
     median = statistics.median(times)
+    cv = spread(times)
     return {
         "median_s": median,
         "images_per_s": batch_size / median,
+        "cv": cv,
+        "noisy": cv > NOISY_CV,
         "min_s": min(times),
         "max_s": max(times),
         "times_s": list(times),
@@ -221,14 +229,15 @@ def measure_throughput(
     ``input_shape`` is one sample's shape without the batch dimension, e.g. ``(3, 112, 112)``.
     ``threads`` fixes torch's intra-op thread count for the measurement (restored afterwards);
     ``None`` keeps the current count, which the result records either way.
-    Returns ``median_s``, ``images_per_s`` (= batch_size / median_s), ``min_s``, ``max_s``, ``times_s``,
-    ``batch_size``, ``threads``, ``repeats``. The input is random, on the model's device unless given.
+    Returns ``median_s``, ``images_per_s`` (= batch_size / median_s), ``cv`` (the repeats' coefficient of
+    variation), ``noisy`` (``cv`` > :data:`NOISY_CV`), ``min_s``, ``max_s``, ``times_s``, ``batch_size``,
+    ``threads``, ``repeats``. The input is random, on the model's device unless given.
     """
     result = compare_throughput(
         {"model": model}, input_shape, batch_size, reference="model",
         threads=threads, warmup=warmup, repeats=repeats, device=device,
     )["model"]
-    del result["speedup"]
+    del result["speedup"], result["speedup_cv"]
     return result
 
 
@@ -247,7 +256,8 @@ def compare_throughput(
 
     Each round times every model once; the order rotates from round to round so that no model is
     always first. Each entry is :func:`measure_throughput`'s dict plus ``speedup`` = its images/s
-    divided by the reference's (>1 = faster than the reference).
+    divided by the reference's (>1 = faster than the reference) and ``speedup_cv``, the larger of the two
+    models' CVs (a ratio is no steadier than the noisier of its parts).
     """
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not among the models {sorted(models)}")
@@ -264,6 +274,7 @@ def compare_throughput(
     reference_rate = results[reference]["images_per_s"]
     for entry in results.values():
         entry["speedup"] = entry["images_per_s"] / reference_rate
+        entry["speedup_cv"] = max(entry["cv"], results[reference]["cv"])
     return results
 
 

@@ -68,7 +68,8 @@ class EfficiencyOptions:
 
 
 class Efficiency:
-    """Parameters (and non-zero parameters), MACs with attention matmuls, measured throughput."""
+    """Parameters (and non-zero parameters), MACs with attention matmuls, measured throughput — each
+    throughput and speed-up with its spread over the repeats, ``<metric>_cv`` (reports mark it noisy)."""
 
     def __init__(self, options: EfficiencyOptions) -> None:
         self.options = options
@@ -93,8 +94,10 @@ class Efficiency:
             timing = measure.compare_throughput(models, input_size, bs, reference="dense" if dense is not None else "model",
                                                 repeats=self.options.repeats, threads=self.options.threads)
             results[f"images_per_s_b{bs}"] = timing["model"]["images_per_s"]
+            results[f"images_per_s_b{bs}{measure.CV_SUFFIX}"] = timing["model"]["cv"]  # its spread over repeats
             if dense is not None:
                 results[f"speedup_vs_dense_b{bs}"] = timing["model"]["speedup"]
+                results[f"speedup_vs_dense_b{bs}{measure.CV_SUFFIX}"] = timing["model"]["speedup_cv"]
         return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from corecompress.engine.rundir import atomic_write_bytes
+from corecompress.tools.spread import CV_SUFFIX, noisy_label
 
 
 def _fmt(value: Any) -> str:
@@ -17,12 +18,19 @@ def _fmt(value: Any) -> str:
 
 
 def metrics_table(phases: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per metric, one column per phase (before pruning, pruned before retraining, after)."""
-    keys = list(dict.fromkeys(k for values in phases.values() for k in values))
+    """One row per metric, one column per phase (before pruning, pruned before retraining, after). A
+    timing's spread (``<metric>_cv``) is no row of its own: it marks its metric when it is noisy."""
+    keys = [k for k in dict.fromkeys(k for values in phases.values() for k in values) if not k.endswith(CV_SUFFIX)]
     lines = ["| metric | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(_fmt(values.get(k, "–")) for values in phases.values()) + " |")
+        lines.append(f"| {k} | " + " | ".join(_cell(values, k) for values in phases.values()) + " |")
     return lines
+
+
+def _cell(values: dict[str, Any], key: str) -> str:
+    text = _fmt(values.get(key, "–"))
+    noisy = noisy_label(values.get(key + CV_SUFFIX))
+    return f"{text} ({noisy})" if noisy and key in values else text
 
 
 class MarkdownReporter:
@@ -42,6 +50,10 @@ class MarkdownReporter:
         if run.plan is not None:
             lines.append(f"- units removed: {100 * run.plan.unit_ratio():.1f} % of {sum(g.size for g in run.plan.groups.values())}"
                          f" in {len(run.plan.groups)} groups (plan.json)")
+        unpruned = run.metrics.get("unpruned_groups") or {}
+        if unpruned:
+            lines.append(f"- left unpruned: {len(unpruned)} groups the importance declined — "
+                         + "; ".join(f"`{name}` ({why})" for name, why in unpruned.items()))
         lines.append("")
         labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
         phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}

@@ -77,4 +77,5 @@ def register_losses(register: Any) -> None:
 @hookimpl
 def register_importances(register: Any) -> None:
     register("faces", FacesImportance, FacesOptions,
-             description="FACES: |LayerNorm γ| (transformers) / |BN or affine γ| (CNNs, network slimming)")
+             description="FACES: |LayerNorm γ| (transformers) / |BN or affine γ| (CNNs, network slimming)",
+             declines_groups=True)  # groups without a norm γ (heads, MLP neurons) stay unpruned

@@ -30,4 +30,5 @@ def register_importances(register: Any) -> None:
              description="|soft mask| after an L1-budgeted mask search (ViT-Slim, CVPR 2022)",
              needs=("data", "grad"))
     register("tp_magnitude", torch_pruning_reference.TPMagnitudeImportance, torch_pruning_reference.TPMagnitudeOptions,
-             description="Torch-Pruning's GroupMagnitudeImportance on neuron/filter groups (needs torch-pruning)")
+             description="Torch-Pruning's GroupMagnitudeImportance on neuron/filter groups (needs torch-pruning)",
+             declines_groups=True)  # only neuron/filter groups

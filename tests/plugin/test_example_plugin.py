@@ -59,3 +59,34 @@ def test_example_importance_runs_from_a_recipe(example_site, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "corecompress", "validate", str(path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "required plugin 'corecompress-example' is not installed" in proc.stderr
+
+
+def test_the_example_plugins_own_tests_pass_with_pytest(example_site, tmp_path):
+    """``pytest`` in the example package, with it installed — and beside it another plugin whose name
+    clashes with a built-in one, which must not break this author's test run."""
+    from pathlib import Path
+
+    from tests_shared import CLASHING_L1, fake_distribution
+
+    package = Path(__file__).resolve().parents[1] / "example_plugin"
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    fake_distribution(clash, "thirdparty-clash", {"clash": CLASHING_L1})
+    env = _env(example_site)
+    env["PYTHONPATH"] = f"{clash}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "4 passed" in proc.stdout
+    assert "importance 'l1' is registered by" in proc.stdout  # the clash is a warning in the summary
+
+
+def test_the_docs_contract_check_example_is_the_example_plugins_own_test():
+    """docs/plugins.md's example is not prose that can rot: it is the start of the tests run above."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    doc = (repo / "docs" / "plugins.md").read_text()
+    example = doc.split("## Checking it")[1].split("```python\n")[1].split("```")[0]
+    tests = (repo / "tests" / "example_plugin" / "tests" / "test_example.py").read_text()
+    assert "contract_checks.check(" in example and example in tests

@@ -3,30 +3,13 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from corecompress import hookimpl
 from corecompress.errors import PluginError
 from corecompress.plugin.loading import PluginWarning, load_plugins
-
-
-def fake_distribution(root: Path, dist: str, plugins: dict[str, str]) -> None:
-    """Install a distribution into ``root`` (on sys.path): modules + dist-info with entry points.
-
-    ``plugins`` maps entry-point name → module source.
-    """
-    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    lines = ["[corecompress]"]
-    for ep_name, source in plugins.items():
-        module = f"{dist.replace('-', '_')}_{ep_name}"
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
-        lines.append(f"{ep_name} = {module}")
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+from tests_shared import fake_distribution
 
 
 GOOD = """
@@ -48,19 +31,6 @@ def register_importances(register):
 """
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    for var in ("CORECOMPRESS_BLOCK_PLUGINS", "CORECOMPRESS_DISABLE_PLUGIN_AUTOLOAD", "CORECOMPRESS_STRICT_PLUGINS",
-                "CORECOMPRESS_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    yield root
-    for name in [m for m in sys.modules if m.startswith("thirdparty_")]:
-        del sys.modules[name]
-
-
 def test_builtins_load_through_entry_points():
     loaded = load_plugins()
     assert loaded.plugins["builtin"].distribution == "corecompress"
@@ -79,7 +49,9 @@ def test_third_party_plugin_registers_component(site):
 
 def test_broken_plugin_warns_once_and_tool_survives(site):
     fake_distribution(site, "thirdparty-broken", {"broken": "raise RuntimeError('boom at import')\n"})
-    with pytest.warns(PluginWarning, match="plugin 'broken' from distribution 'thirdparty-broken' was skipped.*boom") as rec:
+    with pytest.warns(PluginWarning, match=r"plugin 'broken' failed to import: RuntimeError: boom at import \(.*"
+                                           r"thirdparty_broken_broken.py, line 1; distribution 'thirdparty-broken'\); "
+                                           r"it is skipped") as rec:
         loaded = load_plugins()
     assert len([w for w in rec if "broken" in str(w.message)]) == 1
     assert loaded.plugins["broken"].status == "failed"
@@ -123,8 +95,13 @@ def test_unknown_hook_is_reported(site):
 
 def test_duplicate_names_name_both_plugins(site):
     fake_distribution(site, "thirdparty-dup", {"dup": GOOD.replace("{name}", "l1")})
-    with pytest.raises(PluginError, match=r"importance 'l1' is registered twice: by plugin 'builtin'.*plugin 'dup'"):
-        load_plugins()
+    with pytest.warns(PluginWarning, match=r"importance 'l1' is registered by plugin 'builtin' \(corecompress\) and "
+                                           r"plugin 'dup' \(thirdparty-dup\), so it cannot be used"):
+        loaded = load_plugins()
+    with pytest.raises(PluginError, match="CORECOMPRESS_BLOCK_PLUGINS=dup"):
+        loaded.registry.get("importance", "l1")
+    with pytest.raises(PluginError, match="registered by plugin 'builtin'"):
+        load_plugins(strict=True)
 
 
 def test_block_by_recipe_and_environment(site, monkeypatch):

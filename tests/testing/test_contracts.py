@@ -105,6 +105,11 @@ class _ScoresAList:
         return {g.name: [1.0] * g.size for g in groups}
 
 
+class _ScoresSome:
+    def score(self, model, groups, context):
+        return {g.name: torch.ones(g.size) for g in groups[:1]}
+
+
 class _Wrong:
     def apply(self, model, groups, plan, context):
         return model  # ignores the plan: output differs from the masked model
@@ -167,7 +172,8 @@ class _MuteReporter:
 
 @pytest.mark.parametrize("kind, factory, declared, message", [
     ("model", _ModelLosingAChannel, {}, r"model broken: pruning neurons fails"),
-    ("importance", _ScoresAList, {}, r"scores are a list, not a tensor of shape"),
+    ("importance", _ScoresAList, {}, r"a list; expected a torch.Tensor of shape"),
+    ("importance", _ScoresSome, {}, r"scored 1 of \d+ groups; missing .*declines_groups=True"),
     ("applier", _Wrong, {}, "differs from the masked model"),
     ("schedule", _Drifting, {}, "pure function"),
     ("loss", _SecretTeacherLoss, {}, r"setup/forward failed .*needs=\[\]\): TypeError"),
@@ -180,6 +186,10 @@ class _MuteReporter:
 def test_a_broken_component_of_each_kind_fails_its_check(kind, factory, declared, message):
     with pytest.raises((AssertionError, TypeError), match=message):
         contracts.check(_component(kind, factory, **declared))
+
+
+def test_an_importance_declaring_it_declines_groups_may_score_some():
+    assert contracts.check(_component("importance", _ScoresSome, declines_groups=True)).detail == "2 groups scored"
 
 
 def test_every_kind_has_a_check_and_a_broken_example():

@@ -114,8 +114,9 @@ def test_results_csv_has_a_row_per_run_with_flattened_metrics(finished):
 
 
 def _parse(entry: str) -> tuple[float, float, int]:
-    """'12.50 ± 1.25' → (12.5, 1.25, decimals); '3.00 ±0 (n=1)' → (3.0, 0.0, decimals)."""
-    match = re.fullmatch(r"(-?[\d.]+) ±\s?([\d.]+)( \(n=1\))?", entry)
+    """'12.50 ± 1.25' → (12.5, 1.25, decimals); '3.00 ±0 (n=1)' → (3.0, 0.0, decimals); a timing on a busy
+    machine may carry '(noisy: CV 85 %)'."""
+    match = re.fullmatch(r"(-?[\d.]+) ±\s?([\d.]+)( \(n=1\))?( \(noisy: CV \d+ %\))?", entry)
     assert match, entry
     decimals = len(match.group(1).split(".")[1]) if "." in match.group(1) else 0
     return float(match.group(1)), float(match.group(2)), decimals
@@ -266,6 +267,24 @@ def test_cell_ids_are_readable_stable_and_unique():
     assert a != b and re.fullmatch(r"importance-[A-Za-z0-9.+-]+-[0-9a-f]{6}", a)
     assert a == cell_id({"prune.importance": {"normalize": "mean", "name": "l1"}}, {"prune.importance": "importance"})
     assert len(cell_id({"k": "x" * 200}, {"k": "k"})) <= 80
+
+
+def test_a_timing_whose_repeats_vary_is_marked_noisy_not_printed_plain(tmp_path):
+    from corecompress.tools.compare_report import RunResult, results_markdown
+
+    def run(seed, rate, cv):
+        return RunResult("c", {"prune.sparsity": 0.5}, seed, tmp_path / str(seed), "complete",
+                         metrics={"after/efficiency/images_per_s_b1": rate, "after/efficiency/images_per_s_b1_cv": cv,
+                                  "after/efficiency/speedup_vs_dense_b1": 0.04,
+                                  "after/efficiency/speedup_vs_dense_b1_cv": cv})
+
+    noisy = results_markdown([run(0, 39.0, 0.85), run(1, 41.0, 0.05)], "t")
+    header = next(line for line in noisy.splitlines() if line.startswith("| sparsity"))
+    assert "_cv" not in header  # the spread marks its column, it is no column of its own
+    row = next(line for line in noisy.splitlines() if line.startswith("| 0.5"))
+    assert row.count("(noisy: CV 85 %)") == 2 and "40.00 ± 1.41 (noisy: CV 85 %)" in row
+    steady = results_markdown([run(0, 8000.0, 0.05), run(1, 8100.0, 0.29)], "t")
+    assert "noisy" not in next(line for line in steady.splitlines() if line.startswith("| 0.5"))
 
 
 def test_mean_std_formatting_uses_the_sample_std():

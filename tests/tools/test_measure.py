@@ -169,6 +169,37 @@ def test_time_interleaved_warms_up_rotates_and_averages_inner_calls() -> None:
     with pytest.raises(ValueError, match="inner"):
         time_interleaved(calls, warmup=0, repeats=1, inner=0)
 
+
+class Jittery(nn.Module):
+    """Every other call takes ten times as long: a machine busy with something else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(0.001 if self.calls % 2 else 0.010)
+        return x
+
+
+def test_timings_carry_their_spread_and_a_jittery_one_is_noisy() -> None:
+    from corecompress.tools.spread import noisy_label, spread
+
+    assert spread([1.0, 1.0, 1.0]) == 0.0 and spread([2.0]) == 0.0
+    assert spread([1.0, 3.0]) == pytest.approx(2 ** 0.5 / 2)  # stdev √2, mean 2
+    assert noisy_label(0.854) == "noisy: CV 85 %" and noisy_label(0.2) == "" and noisy_label(None) == ""
+    steady = Probe("steady", [], sleep_s=0.004)
+    result = compare_throughput({"steady": steady, "jittery": Jittery()}, (4,), reference="steady", warmup=0,
+                                repeats=10)
+    jittery = result["jittery"]
+    assert jittery["cv"] == pytest.approx(spread(jittery["times_s"])) and jittery["cv"] > 0.5 and jittery["noisy"]
+    assert jittery["speedup_cv"] == max(jittery["cv"], result["steady"]["cv"])
+    assert result["steady"]["cv"] == pytest.approx(spread(result["steady"]["times_s"]))
+    assert "cv" in measure_throughput(steady, (4,), repeats=10) and "speedup_cv" not in measure_throughput(
+        steady, (4,), repeats=10)
+
+
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 1000))
 
@@ -196,3 +227,14 @@ def test_training_step_peak_includes_gradients_and_leaves_the_model_alone() -> N
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="mode"):
         peak_memory(model, (1000,), mode="training")
+
+
+def test_the_run_report_marks_a_noisy_throughput_and_shows_no_spread_rows() -> None:
+    from corecompress_builtin.reporters import metrics_table
+
+    table = "\n".join(metrics_table({
+        "before": {"efficiency/images_per_s_b1": 8000.0, "efficiency/images_per_s_b1_cv": 0.04},
+        "after": {"efficiency/images_per_s_b1": 39.0, "efficiency/images_per_s_b1_cv": 0.85},
+    }))
+    assert "| efficiency/images_per_s_b1 | 8,000 | 39 (noisy: CV 85 %) |" in table
+    assert "_cv" not in table

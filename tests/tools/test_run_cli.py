@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 import yaml
 
@@ -101,3 +102,16 @@ def test_progress_lines_when_stderr_is_not_a_terminal_and_quiet_silences_them(cl
     assert all(line in log for line in lines if line.startswith(("stage ", "train step")))  # the log's words
     code, _out, err = cli("run", recipe, "--out", tmp_path / "b", "--quiet")
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("args", [("plugins",), ("options", "schedule", "cosine")])
+def test_a_closed_pipe_ends_quietly(args):
+    """``corecompress plugins | head -1``: the reader goes away; no "error: Broken pipe", exit 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "corecompress", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has written anything: its first write meets a closed pipe
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141 and b"Broken pipe" not in err and b"Traceback" not in err, err
