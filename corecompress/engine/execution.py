@@ -26,24 +26,29 @@ def _detail(exc: BaseException) -> str:
 
 
 class _CompiledForward:
-    """A module's compiled ``forward``; the first failure logs one line and restores the eager forward."""
+    """A module's compiled ``forward``; the first failure logs one line, and from then on the module's
+    own (eager) forward runs — also where another wrapper (an evaluation's autocast) holds this one."""
 
     def __init__(self, module: torch.nn.Module, compiled: Callable[..., Any], name: str,
                  log: logging.Logger) -> None:
         self.module, self.compiled, self.name, self.log = module, compiled, name, log
+        self.failed = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self.compiled(*args, **kwargs)
-        except UserError:  # the model's own one-line error: not the compiler's
-            raise
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: eager mode instead
-            _fall_back(self.module, self.name, self.log, exc)
-            return self.module.forward(*args, **kwargs)
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except UserError:  # the model's own one-line error: not the compiler's
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: eager mode instead
+                self.failed = True
+                _warn(self.name, self.log, exc)
+                if self.module.__dict__.get("forward") is self:
+                    del self.module.__dict__["forward"]
+        return type(self.module).forward(self.module, *args, **kwargs)
 
 
-def _fall_back(module: torch.nn.Module, name: str, log: logging.Logger, exc: BaseException) -> None:
-    module.__dict__.pop("forward", None)
+def _warn(name: str, log: logging.Logger, exc: BaseException) -> None:
     log.warning("warning: compile: torch.compile of the %s failed (%s: %s); continuing in eager mode", name,
                 type(exc).__name__, _detail(exc))
 
@@ -53,7 +58,7 @@ def compile_forward(module: torch.nn.Module, name: str, log: logging.Logger) -> 
     try:
         compiled = torch.compile(module.forward)
     except Exception as exc:  # noqa: BLE001 - e.g. no compiler backend on this platform
-        _fall_back(module, name, log, exc)
+        _warn(name, log, exc)
         return
     module.forward = _CompiledForward(module, compiled, name, log)  # type: ignore[method-assign]
 

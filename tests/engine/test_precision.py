@@ -236,3 +236,33 @@ def test_export_writes_half_precision_weights_that_reload(cli, plugins, tmp_path
     assert next(model.parameters()).dtype == torch.float32
     code, _out, err = cli("export", out, "--format", "onnx", "--precision", "fp16", "--out", tmp_path / "m.onnx")
     assert code == 2 and err.count("\n") == 1 and "ONNX is written in fp32" in err
+
+
+def test_evaluation_forward_runs_in_the_run_precision():
+    """The evaluator's model call runs under autocast (the model computes in bf16) and hands the
+    evaluator float32 outputs; afterwards the model's forward is its own again."""
+    from types import SimpleNamespace
+
+    from corecompress.engine.evaluate import evaluate_model
+
+    inside = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            inside.append(out.dtype)
+            return out
+
+    model = Probe(4, 3)
+
+    class Evaluator:
+        def evaluate(self, model, data, ctx):
+            return {"dtype": str(model(torch.randn(2, 4)).dtype)}
+
+    ctx = SimpleNamespace(precision="bf16", device=torch.device("cpu"), data=None,
+                          recipe=SimpleNamespace(evaluate=[SimpleNamespace(name="probe")]),
+                          create=lambda kind, chosen: Evaluator())
+    assert evaluate_model(ctx, model) == {"probe/dtype": "torch.float32"}
+    assert inside == [torch.bfloat16] and "forward" not in vars(model)
+    ctx.precision = "fp32"
+    assert evaluate_model(ctx, model) == {"probe/dtype": "torch.float32"} and inside[-1] == torch.float32
