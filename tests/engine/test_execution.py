@@ -9,18 +9,17 @@ loss still stops it naming the first bad step, with no bad update in any checkpo
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import corecompress.engine.training as training
 from corecompress import hookimpl
 from corecompress.engine.deferred import DeferredLoss
 from corecompress.engine.training import NonFiniteLossError
+from tests_shared import AtCallsOptions, NanAt
 
 RECIPE = {
     "version": 1, "name": "execution", "seed": 2, "threads": 1, "deterministic": True,
@@ -33,25 +32,6 @@ DISTILL = {**RECIPE, "teacher": {},  # the teacher is the trained model; the ret
            "retrain": {"steps": 4, "batch_size": 16, "objective": "feature_mse", "log_every": 2}}
 
 
-@dataclass
-class NanAtOptions:
-    steps: list[int] = field(default_factory=list)  # 1-based calls whose loss is NaN
-
-
-class NanAt(torch.nn.Module):
-    def __init__(self, options: NanAtOptions) -> None:
-        super().__init__()
-        self.options, self.calls = options, 0
-
-    def setup(self, context):
-        self.calls = 0
-
-    def forward(self, outputs, batch, teacher_outputs=None):
-        self.calls += 1
-        loss = F.cross_entropy(outputs, batch["label"])
-        return {"loss": loss * float("nan") if self.calls in self.options.steps else loss}
-
-
 class Recorder:
     """Records, at each optimizer step, whether the student's 4-D weights and its input batch are channels-last."""
 
@@ -62,7 +42,7 @@ class Recorder:
 
     @hookimpl
     def register_losses(self, register):
-        register("nan_at", NanAt, NanAtOptions)
+        register("nan_at", NanAt, AtCallsOptions)
 
     @hookimpl
     def after_optimizer_step(self, run, step, model):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 
 from corecompress import hookimpl
 from corecompress.engine.precision import autocast, float32_math, resolve_precision
+from tests_shared import AtCallsOptions, LossAtCalls
 
 RECIPE = {
     "version": 1, "name": "precision", "seed": 4, "threads": 1, "deterministic": True,
@@ -39,34 +39,19 @@ class CrashAt:
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
-@dataclass
-class BadGradientsOptions:
-    steps: list[int] = field(default_factory=list)  # 1-based calls whose gradients are NaN (the loss stays finite)
-
-
-class BadGradients(torch.nn.Module):
-    """Cross-entropy plus sqrt(0 · x): 0 forward, NaN backward at the listed calls — what an fp16
+class BadGradients(LossAtCalls):
+    """Cross-entropy plus sqrt(0 · x) at the listed calls: 0 forward, NaN backward — what an fp16
     gradient overflow looks like to the scaler."""
 
-    def __init__(self, options: BadGradientsOptions) -> None:
-        super().__init__()
-        self.options, self.calls = options, 0
-
-    def setup(self, context):
-        self.calls = 0
-
-    def forward(self, outputs, batch, teacher_outputs=None):
-        self.calls += 1
-        loss = F.cross_entropy(outputs.float(), batch["label"])
-        if self.calls in self.options.steps:
-            loss = loss + torch.sqrt(outputs.float().sum() * 0.0)
-        return {"loss": loss}
+    @staticmethod
+    def perturb(loss, outputs):
+        return loss + torch.sqrt(outputs.float().sum() * 0.0)
 
 
 class TestLosses:
     @hookimpl
     def register_losses(self, register):
-        register("bad_gradients", BadGradients, BadGradientsOptions)
+        register("bad_gradients", BadGradients, AtCallsOptions)
 
 
 @pytest.fixture(scope="module")
