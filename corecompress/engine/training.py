@@ -63,8 +63,8 @@ from corecompress.engine.artifacts import publish_objective
 from corecompress.engine.deferred import DeferredLoss
 from corecompress.engine.execution import channels_last_batch, training_execution
 from corecompress.engine.checkpoint import (
-    SCALER_PART, Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
-    save_checkpoint, set_rng_state,
+    SCALER_PART, Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part,
+    rng_state, save_checkpoint, set_rng_state,
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
@@ -299,6 +299,7 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
     target = None
     if needs_teacher and section.target is not None:
         target = ctx.create("target", section.target)
+
         def prepare() -> None:  # the teacher computes the targets in the run's precision
             with precision.run_autocast(ctx):
                 target.prepare(ctx.teacher, ctx.data.train(), ctx)
