@@ -1,4 +1,5 @@
-"""Locating ../shared/data for tests that need real files (skip with a clear message when absent)."""
+"""Locating ../shared/data for tests that need real files (skip with a clear message when absent), a CLI
+child interrupted at a checkpoint, placeholder inputs, and deterministic faulty losses."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 SHARED_DATA = Path(os.environ.get("CORECOMPRESS_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -119,3 +123,37 @@ class Ones:
 def register_importances(register):
     register("l1", Ones)
 """
+# Deterministic faults for training tests: cross-entropy, changed at chosen calls of the objective.
+
+
+@dataclass
+class AtCallsOptions:
+    steps: list[int] = field(default_factory=list)  # 1-based calls of the objective to change
+
+
+class LossAtCalls(torch.nn.Module):
+    """Cross-entropy; at the listed calls ``perturb(loss, outputs)`` instead (subclasses say how)."""
+
+    def __init__(self, options: AtCallsOptions) -> None:
+        super().__init__()
+        self.options, self.calls = options, 0
+
+    def setup(self, context: Any) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def perturb(loss: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def forward(self, outputs: torch.Tensor, batch: dict, teacher_outputs: Any = None) -> dict:
+        self.calls += 1
+        loss = F.cross_entropy(outputs.float(), batch["label"])
+        return {"loss": self.perturb(loss, outputs) if self.calls in self.options.steps else loss}
+
+
+class NanAt(LossAtCalls):
+    """NaN at the listed calls: a deterministic non-finite loss."""
+
+    @staticmethod
+    def perturb(loss: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        return loss * float("nan")

@@ -34,6 +34,7 @@ from corecompress.pruning.gradual import RAMP_SHORTHANDS, round_sparsities, roun
 from corecompress.plugin.registry import Registry
 from corecompress.config.needs import check_recipe_needs
 from corecompress.engine.devices import DEVICE_FORMS, check_device_setting
+from corecompress.engine.precision import PRECISION_FORMS, check_precision_setting
 
 RECIPE_VERSION = 1
 MAX_MATRIX_CELLS = 1000
@@ -201,6 +202,15 @@ class Recipe:
     device: str = field(default="auto", metadata={
         "help": f"where the run computes: {DEVICE_FORMS} (auto = CUDA when present, else the CPU; "
                 "under torchrun each rank uses cuda:LOCAL_RANK); the command's --device overrides it"})
+    precision: str = field(default="auto", metadata={
+        "help": f"number format of training, the teacher and evaluation: {PRECISION_FORMS} (auto = bf16 on a GPU "
+                "that has it, else fp32; bf16/fp16 autocast, fp16 with a gradient scaler; margin and cosine math "
+                "stays fp32); the command's --precision overrides it"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the student's and the teacher's forward while training (eager, with one warning "
+                "line, where compiling fails)"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory format for the student, the teacher and 4-D batches while training (CNNs)"})
     weights: str | None = field(default=None, metadata={"help": "initial weights of the model"})
     teacher: TeacherSection | None = None
     train: TrainSection | None = None
@@ -229,6 +239,10 @@ class Recipe:
             check_device_setting(self.device)
         except ValueError as exc:
             raise ValueError(f"device: {exc}") from None
+        try:
+            check_precision_setting(self.precision)
+        except ValueError as exc:
+            raise ValueError(f"precision: {exc}") from None
         if self.threads is not None and not 0 <= self.threads <= 4096:
             raise ValueError(f"threads: must be in [0, 4096] (0 or null = torch's default), got {self.threads}")
         if self.prune is not None and self.prune.rounds > 1:

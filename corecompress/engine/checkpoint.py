@@ -3,9 +3,9 @@
 A checkpoint ``<phase>-step<N>`` holds the model (``model.safetensors``), the objective's state
 (``objective.safetensors``: margin heads, AdaDistill centres — buffers included), the optimizer and
 the random-number generators (tensors in ``*.safetensors``, the rest in ``*.json``; under torchrun
-rank 0's as ``rng`` and rank r's as ``rng-rank<r>``), the soft masks
-if any, ``info.json`` (phase, step, loss history) and ``manifest.json`` (size and SHA-256 of every
-file). It is written into a hidden temporary directory, flushed to disk and renamed, so a crash
+rank 0's as ``rng`` and rank r's as ``rng-rank<r>``), the soft masks if any, fp16's gradient
+scaler (``scaler``) if any, ``info.json`` (phase, step, loss history) and ``manifest.json`` (size and
+SHA-256 of every file). It is written into a hidden temporary directory, flushed to disk and renamed, so a crash
 leaves either the whole checkpoint or none; a truncated or corrupt one fails verification with one
 line and :func:`latest_checkpoint` falls back to the previous one. Nothing here calls ``pickle``:
 a checkpoint directory cannot execute code when it is loaded. Tensors are written and read on the
@@ -36,6 +36,7 @@ from corecompress.weights import write_tensors
 CHECKPOINT_FORMAT = "corecompress-checkpoint"
 CHECKPOINT_VERSION = 1
 MANIFEST = "manifest.json"
+SCALER_PART = "scaler"  # fp16's gradient-scaler state (scale, growth tracker)
 _NAME = re.compile(r"^(?P<phase>[A-Za-z0-9_]+)-step(?P<step>\d+)$")
 
 
@@ -161,10 +162,11 @@ def _save_tree(folder: Path, part: str, obj: Any) -> None:
 def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, info: dict[str, Any], keep: int = 2,
                     masks: dict[str, torch.Tensor] | None = None, rng: dict[str, Any] | None = None,
-                    rank_rngs: list[dict[str, Any]] | None = None) -> Path:
+                    rank_rngs: list[dict[str, Any]] | None = None, scaler: dict[str, Any] | None = None) -> Path:
     """Write ``root/name`` atomically; keep the newest ``keep`` checkpoints of the same phase.
 
-    ``rank_rngs``: the generator states of ranks 1, 2, … of a distributed run (``rng`` is rank 0's).
+    ``rank_rngs``: the generator states of ranks 1, 2, … of a distributed run (``rng`` is rank 0's);
+    ``scaler``: a gradient scaler's ``state_dict()`` (fp16 training).
 
     A failed write (e.g. ENOSPC) removes the partial temporary directory and raises
     :class:`CheckpointWriteError`; the checkpoints already there are left untouched.
@@ -187,6 +189,8 @@ def save_checkpoint(root: Path, name: str, *, model: torch.nn.Module, objective:
             _save_tree(tmp, "rng", rng)
         for rank, state in enumerate(rank_rngs or [], start=1):
             _save_tree(tmp, rank_rng_part(rank), state)
+        if scaler is not None:
+            _save_tree(tmp, SCALER_PART, scaler)
         if masks:
             write_tensors({k: v.detach().cpu().contiguous() for k, v in masks.items()}, tmp / "masks.safetensors")
         (tmp / "info.json").write_text(json.dumps(info, indent=1, default=str))

@@ -20,6 +20,7 @@ class RunContext:
     out_dir: Path
     log: logging.Logger
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"         # resolved (fp32 | bf16 | fp16): what the recipe's ``precision: auto`` became
     model_spec: Any = None          # the model adapter component
     model: torch.nn.Module | None = None
     teacher: torch.nn.Module | None = None

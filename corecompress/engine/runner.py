@@ -36,6 +36,7 @@ from corecompress.engine.context import RunContext
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
 from corecompress.engine.preflight import check_scores, declined_reasons, preflight
+from corecompress.engine.precision import resolve_precision
 from corecompress.tools.export import export_run, load_weights_file
 from corecompress.plugin.loading import LoadedPlugins
 from corecompress.pruning.gradual import (
@@ -298,14 +299,24 @@ STAGES: list[tuple[str, Callable[[RunContext], Any]]] = [
 
 
 
+def placement(device: str, precision: str) -> tuple[torch.device, str]:
+    """The device a run computes on and its resolved precision (``fp32 | bf16 | fp16``; what ``auto``
+    means there), from the settings (the recipe's, or the command's ``--device``/``--precision``).
+    A setting this machine cannot honour is a one-line error."""
+    where = distributed.run_device(device)
+    return where, resolve_precision(precision, where)
+
+
 def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: bool = False,
-               raw_recipe: dict | None = None, quiet: bool = False, device: str | None = None) -> RunContext:
+               raw_recipe: dict | None = None, quiet: bool = False, device: str | None = None,
+               precision: str | None = None) -> RunContext:
     """Execute every stage of ``recipe`` into the new run directory ``out_dir`` (under torchrun: the
     directory rank 0 created; every rank must be given the same ``out_dir``).
 
-    ``device`` (``--device``) overrides the recipe's ``device:`` for this execution; it is resolved
-    before the directory is created (a missing GPU is a one-line error and nothing is written)."""
-    where = distributed.run_device(device or recipe.device)
+    ``device`` (``--device``) and ``precision`` (``--precision``) override the recipe's ``device:`` and
+    ``precision:`` for this execution; they are resolved before the directory is created (a missing
+    GPU is a one-line error and nothing is written)."""
+    where, mode = placement(device or recipe.device, precision or recipe.precision)
     lock = RunLock(out_dir)
     replaced: list[Any] = []  # rank 0: the earlier run that --force moved aside, until this one has started
 
@@ -316,7 +327,8 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
         lock.acquire()
         write_json(path / "recipe.resolved.json", recipe_to_dict(recipe))
         write_json(path / "versions.json", {**environment(plugins.versions()), "seed": recipe.seed,
-                                            "world_size": distributed.world(), "device": str(where)})
+                                            "world_size": distributed.world(), "device": str(where),
+                                            "precision": mode})
         return path
 
     def started() -> None:  # the new run is built: the earlier one can go
@@ -326,7 +338,7 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
     try:
         out_dir = distributed.on_main(create)
         return _execute(recipe, plugins, out_dir, {"started": time.time()}, resumes=0, device=where,
-                        on_started=started, quiet=quiet)
+                        precision=mode, on_started=started, quiet=quiet)
     except BaseException:
         if replaced and replaced[0] is not None:  # failed at start-up: the earlier run is back in place
             lock.release()
@@ -337,12 +349,12 @@ def run_recipe(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, *, force: 
 
 
 def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, strict: bool | None = None,
-               quiet: bool = False, device: str | None = None) -> RunContext:
+               quiet: bool = False, device: str | None = None, precision: str | None = None) -> RunContext:
     """Continue the interrupted run in ``run_dir`` from its last checkpoints (see the module docstring).
 
     ``plugins`` (default: loaded as the resolved recipe asks) must provide the run's components.
     ``device`` (``--device``) overrides the recipe's ``device:``, so a run may move to another
-    machine (checkpoints hold CPU tensors; they load onto any device).
+    machine (checkpoints hold CPU tensors; they load onto any device); ``precision`` likewise.
     """
     from corecompress.config.recipe import validate_recipe
 
@@ -371,7 +383,7 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
             except ValueError as exc:
                 raise UserError(f"{resolved}: not valid JSON ({exc})") from None
             recipe = validate_recipe(raw, plugins.registry)
-        where = distributed.run_device(device or recipe.device)
+        where, mode = placement(device or recipe.device, precision or recipe.precision)
         if distributed.is_main():
             _warn_if_versions_differ(root, plugins)
         resumes = int(status.get("resumes", 0)) + 1
@@ -379,7 +391,9 @@ def resume_run(run_dir: str | Path, plugins: LoadedPlugins | None = None, *, str
                  "resumed_from_state": status.get("state")}
         if status.get("device") and status.get("device") != str(where):
             state["resumed_from_device"] = status.get("device")
-        return _execute(recipe, plugins, root, state, resumes=resumes, device=where, quiet=quiet)
+        if status.get("precision") and status.get("precision") != mode:
+            state["resumed_from_precision"] = status.get("precision")
+        return _execute(recipe, plugins, root, state, resumes=resumes, device=where, precision=mode, quiet=quiet)
     finally:
         lock.release()
 
@@ -389,11 +403,11 @@ class RunAlreadyComplete(UserError):
 
 
 def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict[str, Any], *,
-             resumes: int, device: torch.device, on_started: Callable[[], None] | None = None,
-             quiet: bool = False) -> RunContext:
+             resumes: int, device: torch.device, precision: str = "fp32",
+             on_started: Callable[[], None] | None = None, quiet: bool = False) -> RunContext:
     main = distributed.is_main()
     log = _make_logger(out_dir, quiet)
-    status = {**status, "resumes": resumes, "pid": os.getpid(), "device": str(device)}
+    status = {**status, "resumes": resumes, "pid": os.getpid(), "device": str(device), "precision": precision}
     if distributed.world() > 1:
         status["world_size"] = distributed.world()
     if main:
@@ -401,7 +415,7 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed, recipe.deterministic)
-    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=device,
+    ctx = RunContext(recipe=recipe, plugins=plugins, out_dir=out_dir, log=log, device=device, precision=precision,
                      artifacts=ArtifactStore(out_dir, producers=plugins.registry.producers_of))
     if resumes:
         ctx.resuming = True
@@ -411,6 +425,8 @@ def _execute(recipe: Recipe, plugins: LoadedPlugins, out_dir: Path, status: dict
         log.info("resume #%d of %s (was %s)", resumes, out_dir, status.get("resumed_from_state"))
         if status.get("resumed_from_device"):
             log.info("device: %s (the run was on %s)", device, status["resumed_from_device"])
+        if status.get("resumed_from_precision"):
+            log.info("precision: %s (the run was in %s)", precision, status["resumed_from_precision"])
     try:
         for name, stage in STAGES:
             if name in MAIN_ONLY_STAGES and distributed.world() > 1:

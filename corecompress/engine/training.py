@@ -20,6 +20,24 @@ every rank write its trained model, objective and masks to ``DIR/<phase>.rank<r>
 An objective's parameters tagged as split by rows across ranks (a Partial FC head,
 :mod:`corecompress.engine.row_shards`) are kept out of DDP's averaging, enter gradient clipping with the
 global norm, and are gathered into full matrices for checkpoints (sliced again on resume).
+
+Precision (:mod:`corecompress.engine.precision`): the student's forward, the teacher's and the
+objective run under the run's autocast (none for fp32; the losses keep their margin math in float32);
+backward runs outside it. With fp16 a gradient scaler scales the loss, unscales before clipping and
+skips a step whose gradients overflowed (lowering the scale) — such a step is not a non-finite loss;
+the loss itself being NaN/inf still follows ``nonfinite``. The scaler's state is checkpointed.
+``compile``/``channels_last`` (:mod:`corecompress.engine.execution`) hold for the phase.
+
+Host reads. On a CPU — and under torchrun, whose loss all-reduce synchronises anyway, and with
+``nonfinite: skip``, which must know before the update whether to make it, and with an ``on_step``
+callback (gradual pruning), which must not prune from a bad update — the loop reads each step's loss
+at once, as it always did, so CPU runs are bitwise unchanged. A single CUDA process with
+``nonfinite: stop`` reads it one step late (:class:`~corecompress.engine.deferred.DeferredLoss`):
+the update of step k is queued without looking at its loss, and step k's loss is read during
+step k + 1 (after its forward is queued), or first whenever the loop logs, evaluates, checkpoints
+or ends. A NaN/inf loss of step k still stops the run with step k's number; its update may have
+reached the weights in memory, but every read point comes before any checkpoint, so no checkpoint
+ever holds it (and :func:`_checkpoint` also refuses non-finite weights).
 """
 from __future__ import annotations
 
@@ -40,12 +58,14 @@ import torch
 from corecompress.weights import write_tensors
 from torch.utils.data import DataLoader
 
-from corecompress.engine import distributed, row_shards
+from corecompress.engine import distributed, precision, row_shards
 from corecompress.engine.artifacts import publish_objective
 from corecompress.engine.preflight import check_loss_parts
+from corecompress.engine.deferred import DeferredLoss
+from corecompress.engine.execution import channels_last_batch, training_execution
 from corecompress.engine.checkpoint import (
-    Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part, rng_state,
-    save_checkpoint, set_rng_state,
+    SCALER_PART, Checkpoint, CheckpointError, CheckpointWarning, checkpoint_name, latest_checkpoint, rank_rng_part,
+    rng_state, save_checkpoint, set_rng_state,
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
@@ -118,10 +138,11 @@ def flip_half(images: torch.Tensor, seed: int, step: int, offset: int = 0,
     gen = torch.Generator().manual_seed(seed * 7_919 + step)
     rows = images.shape[0]
     flip = torch.rand(total if total is not None else rows, generator=gen)[offset:offset + rows] < 0.5
-    if flip.any():
-        images = images.clone()
-        images[flip] = images[flip].flip(-1)
-    return images, flip.to(images.device)
+    if not flip.any():  # a CPU tensor: reading it does not wait for the device
+        return images, flip.to(images.device)
+    mask = flip.to(images.device, non_blocking=True)
+    # torch.where, not images[flip] = ...: boolean indexing on a GPU waits for the device (nonzero)
+    return torch.where(mask.view(rows, *([1] * (images.ndim - 1))), images.flip(-1), images), mask
 
 
 @dataclass
@@ -217,6 +238,8 @@ class _Loop:
     hi: int
     global_batch: int
     share: float  # this rank's weight in the gradient average (1 for equal slices)
+    scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
+    deferred: DeferredLoss | None = None  # set when the loss is read one step late (module docstring)
     started: float = 0.0
     first_step: int = 0  # the step this process started (or resumed) the phase at
     saved_at: int = -1  # the step of the last checkpoint this run wrote or resumed from
@@ -242,15 +265,24 @@ def train(ctx: Any, section: TrainSection, model: torch.nn.Module, phase: str,
     optimizer = make_optimizer(section, params)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     progress = _Progress()
-    resumed = _resume(ctx, phase, model, objective, optimizer, progress) if ctx.resuming else None
+    scaler = precision.grad_scaler(ctx.precision, ctx.device)
+    resumed = _resume(ctx, phase, model, objective, optimizer, progress, scaler) if ctx.resuming else None
     if resumed is not None and progress.step >= section.steps:  # this phase had finished: weights loaded
         ctx.log.info("%s: complete in checkpoint %s; not trained again", phase, resumed.path.name)
         _restore_rng(resumed, seed, phase)
         return _finish(ctx, phase, model, objective, section, progress)
-    loop = _build_loop(ctx, section, phase, model, objective, needs_teacher, optimizer, params, base_lrs, progress,
-                       on_step)
-    _begin(loop, resumed)
-    return _end(loop, _run_steps(loop))
+    recipe = ctx.recipe
+    with training_execution({"student": model, "teacher": ctx.teacher if needs_teacher else None},
+                            compile=recipe.compile, channels_last=recipe.channels_last, log=ctx.log):
+        loop = _build_loop(ctx, section, phase, model, objective, needs_teacher, optimizer, params, base_lrs,
+                           progress, on_step)
+        loop.scaler = scaler
+        if _defers_reads(loop):
+            loop.deferred = DeferredLoss(ctx.device)
+        _begin(loop, resumed)
+        stopping = _run_steps(loop)
+        _read_deferred(loop)
+    return _end(loop, stopping)
 
 
 def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
@@ -269,7 +301,12 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
     target = None
     if needs_teacher and section.target is not None:
         target = ctx.create("target", section.target)
-        distributed.main_first(lambda: target.prepare(ctx.teacher, ctx.data.train(), ctx))  # rank 0 fills caches
+
+        def prepare() -> None:  # the teacher computes the targets in the run's precision
+            with precision.run_autocast(ctx):
+                target.prepare(ctx.teacher, ctx.data.train(), ctx)
+
+        distributed.main_first(prepare)  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
     batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world)
     # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
@@ -329,11 +366,18 @@ def _run_steps(loop: _Loop) -> bool:
                 check_loss_parts(parts, loop.ctx.registry.get("loss", loop.section.objective.name), loop.phase,
                                  finite=False)
             step_loss, stopping = _reduce_loss(loop, parts["loss"], stop)
-            finite = _check_finite(loop, step_loss, step)
+            if loop.deferred is not None:
+                _read_deferred(loop)  # the previous step's loss, while the GPU computes this step's
+                finite = True
+            else:
+                finite = _check_finite(loop, step_loss, step)
             loop.optimizer.zero_grad(set_to_none=True)
             if finite:
                 _optimise(loop, parts["loss"], step)
-                progress.last_loss = float(step_loss)
+                if loop.deferred is not None:
+                    loop.deferred.put(step, step_loss)
+                else:
+                    progress.last_loss = float(step_loss)
             else:
                 _skip_step(loop, step_loss, step)
             progress.step = step + 1
@@ -357,12 +401,32 @@ def _next_batch(loop: _Loop, stop: _StopOnInterrupt) -> dict[str, Any] | None:
         raise
 
 
+def _defers_reads(loop: _Loop) -> bool:
+    """Whether this loop reads each step's loss one step late (the module docstring says when)."""
+    return (loop.ctx.device.type == "cuda" and loop.world == 1 and loop.section.nonfinite == "stop"
+            and loop.on_step is None)
+
+
+def _read_deferred(loop: _Loop) -> None:
+    """Read the pending step's loss, if any: a NaN/inf one stops the run naming that step."""
+    pending = loop.deferred.take() if loop.deferred is not None else None
+    if pending is None:
+        return
+    if not math.isfinite(pending.value):
+        raise _nonfinite_error(loop, pending.value, pending.step)
+    loop.progress.last_loss = pending.value
+
+
 def _forward(loop: _Loop, batch: dict[str, Any], step: int) -> dict[str, Any]:
-    """(Flip half the batch, then) student, teacher and objective: the objective's parts, "loss" among them."""
+    """(Flip half the batch, then) student, teacher and objective under the run's autocast: the
+    objective's parts, "loss" among them."""
     images = batch["image"]
     if loop.section.augment == "flip":
         images, batch["flipped"] = flip_half(images, loop.seed, step, loop.lo, loop.global_batch)
-    return loop.step_module(images, batch, loop.teacher_call)
+    if loop.ctx.recipe.channels_last:
+        images = channels_last_batch(images)
+    with precision.run_autocast(loop.ctx):
+        return loop.step_module(images, batch, loop.teacher_call)
 
 
 def _reduce_loss(loop: _Loop, loss: torch.Tensor, stop: _StopOnInterrupt) -> tuple[torch.Tensor, bool]:
@@ -379,23 +443,35 @@ def _check_finite(loop: _Loop, step_loss: torch.Tensor, step: int) -> bool:
     """Whether the loss is finite; a non-finite one stops the run unless ``nonfinite: skip``."""
     finite = bool(torch.isfinite(step_loss))
     if not finite and loop.section.nonfinite == "stop":
-        phase, steps = loop.phase, loop.section.steps
-        raise NonFiniteLossError(
-            f"{phase}: loss is {step_loss.item()} at step {step + 1} of {steps}; stopped (the last "
-            f"checkpoint is kept; lower the learning rate, or set {phase}.nonfinite: skip to skip such steps)")
+        raise _nonfinite_error(loop, step_loss.item(), step)
     return finite
 
 
+def _nonfinite_error(loop: _Loop, value: float, step: int) -> NonFiniteLossError:
+    phase, steps = loop.phase, loop.section.steps
+    return NonFiniteLossError(
+        f"{phase}: loss is {value} at step {step + 1} of {steps}; stopped (the last "
+        f"checkpoint is kept; lower the learning rate, or set {phase}.nonfinite: skip to skip such steps)")
+
+
 def _optimise(loop: _Loop, loss: torch.Tensor, step: int) -> None:
-    """Backward, clip, learning rate from the schedule, optimizer step, then the hooks and ``on_step``."""
-    section, optimizer = loop.section, loop.optimizer
-    (loss * loop.share if loop.share != 1.0 else loss).backward()
+    """Backward, clip, learning rate from the schedule, optimizer step, then the hooks and ``on_step``
+    (with fp16's scaler: scaled backward, unscaled before clipping, a step skipped on overflow)."""
+    section, optimizer, scaler = loop.section, loop.optimizer, loop.scaler
+    loss = loss * loop.share if loop.share != 1.0 else loss
+    (scaler.scale(loss) if scaler is not None else loss).backward()
     if section.clip_grad_norm:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         row_shards.clip_grad_norm_(loop.params, section.clip_grad_norm)  # torch's unless sharded
     factor = loop.schedule(step, section.steps)
     for group, base in zip(optimizer.param_groups, loop.base_lrs):
         group["lr"] = base * factor
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     loop.ctx.hook.after_optimizer_step(run=loop.ctx, step=step, model=loop.model)
     if loop.on_step is not None:
         loop.on_step(step + 1, loop.model)
@@ -414,6 +490,7 @@ def _log_step(loop: _Loop, parts: dict[str, Any], bar: Any) -> None:
     progress, section = loop.progress, loop.section
     if progress.step % section.log_every != 0 and progress.step != section.steps:
         return
+    _read_deferred(loop)
     record = {"step": progress.step, "lr": loop.optimizer.param_groups[0]["lr"]}
     scalars = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in parts.items() if _is_scalar(v)}
     record.update(distributed.all_reduce_mean(scalars, loop.hi - loop.lo) if loop.world > 1 else scalars)
@@ -437,6 +514,7 @@ def _maybe_evaluate(loop: _Loop) -> None:
     """Every ``eval_every`` steps before the last: evaluate on rank 0 and log the metrics."""
     ctx, step, section = loop.ctx, loop.progress.step, loop.section
     if section.eval_every and step % section.eval_every == 0 and step < section.steps:
+        _read_deferred(loop)
         distributed.on_main(lambda: ctx.log.info("%s step %d eval %s", loop.phase, step,
                                                  evaluate_model(ctx, loop.model)), share=False)
 
@@ -445,8 +523,9 @@ def _maybe_checkpoint(loop: _Loop) -> None:
     """Every ``checkpoint_every`` steps before the last: a checkpoint (the last step's is written by :func:`_end`)."""
     step, section = loop.progress.step, loop.section
     if section.checkpoint_every and step % section.checkpoint_every == 0 and step < section.steps:
+        _read_deferred(loop)
         _checkpoint(loop.ctx, loop.phase, loop.model, loop.objective, loop.optimizer, loop.progress, loop.started,
-                    section.steps)
+                    section.steps, loop.scaler)
         loop.saved_at = step
 
 
@@ -457,7 +536,7 @@ def _end(loop: _Loop, stopping: bool) -> TrainResult:
     if loop.world > 1:
         distributed.broadcast_buffers(loop.model)  # e.g. BatchNorm statistics: rank 0's, as checkpointed
     if loop.saved_at != progress.step:  # the final checkpoint, or the step Ctrl-C stopped at
-        _checkpoint(ctx, phase, loop.model, loop.objective, loop.optimizer, progress, None, steps)
+        _checkpoint(ctx, phase, loop.model, loop.objective, loop.optimizer, progress, None, steps, loop.scaler)
     if stopping:
         name = checkpoint_name(phase, progress.step)
         ctx.log.info("%s: interrupted at step %d of %d; checkpoint %s written", phase, progress.step, steps, name)
@@ -510,7 +589,8 @@ def _is_scalar(v: Any) -> bool:
 
 
 def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, progress: _Progress, started: float | None, steps: int) -> None:
+                optimizer: torch.optim.Optimizer, progress: _Progress, started: float | None, steps: int,
+                scaler: torch.amp.GradScaler | None = None) -> None:
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise NonFiniteLossError(f"{phase}: the weights became NaN/inf by step {progress.step}; stopped without "
                                  "checkpointing them (the last checkpoint is kept; lower the learning rate)")
@@ -522,6 +602,7 @@ def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.n
     states = distributed.gather_objects(rng_state())  # every rank's generators (rank 0: "rng")
     # rows split across ranks (a sharded head) and their moments, gathered into full matrices on rank 0
     objective_part, optimizer_part = row_shards.checkpoint_views(objective, optimizer)
+    scaler_state = scaler.state_dict() if scaler is not None else None
 
     def write() -> None:
         assert states is not None
@@ -529,7 +610,7 @@ def _checkpoint(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.n
             info["world_size"] = len(states)
         save_checkpoint(ctx.out_dir / "checkpoints", checkpoint_name(phase, progress.step), model=model,
                         objective=objective_part, optimizer=optimizer_part, info=info, masks=masks, rng=states[0],
-                        rank_rngs=states[1:])
+                        rank_rngs=states[1:], scaler=scaler_state)
 
     distributed.on_main(write, share=False)
 
@@ -547,10 +628,12 @@ def _restore_rng(ckpt: Checkpoint, seed: int, phase: str) -> None:
 
 
 def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, progress: _Progress) -> Checkpoint | None:
+            optimizer: torch.optim.Optimizer, progress: _Progress,
+            scaler: torch.amp.GradScaler | None = None) -> Checkpoint | None:
     """Load the newest usable checkpoint of ``phase`` (a damaged one is reported and the previous one
     used); None when there is none, and the phase starts from its beginning. Under torchrun rank 0
-    chooses the checkpoint and every other rank loads the same one."""
+    chooses the checkpoint and every other rank loads the same one. fp16's ``scaler`` continues from
+    the checkpoint's state (a fresh scaler when the checkpoint was written without one)."""
 
     def warn(message: str) -> None:
         ctx.log.warning("warning: %s", message)
@@ -564,6 +647,7 @@ def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
             raise CheckpointError(f"checkpoint {ckpt.path}: objective.safetensors is missing")
         optimizer_state = row_shards.local_optimizer_rows(ckpt.tree("optimizer"), optimizer, objective)
         ckpt.tree("rng")  # readable now, applied when the loop starts
+        scaler_state = ckpt.tree(SCALER_PART) if scaler is not None and ckpt.has(SCALER_PART) else None
         masks = getattr(ctx, "masks", None)
         mask_state = ckpt.tensors("masks") if masks is not None and ckpt.has("masks") else None
         if mask_state is not None and mask_state.keys() != masks.masks.keys():
@@ -577,6 +661,8 @@ def _resume(ctx: Any, phase: str, model: torch.nn.Module, objective: torch.nn.Mo
             objective.load_state_dict(objective_state, strict=True)
         if mask_state is not None:
             masks.masks = mask_state
+        if scaler_state is not None:
+            scaler.load_state_dict(scaler_state)
         info = ckpt.info
         progress.step, progress.history = int(info["step"]), list(info.get("history", []))
         progress.last_loss = float(info.get("last_loss", math.nan))

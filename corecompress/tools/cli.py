@@ -36,6 +36,16 @@ EXIT_BROKEN_PIPE = 141
 ONNX_TOLERANCE = 1e-4
 DEVICE_HELP = ("auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' (with --resume: the run continues "
                "on this device)")
+PRECISION_HELP = ("auto, fp32, bf16 or fp16: overrides the recipe's 'precision:' (auto = bf16 on a GPU that has it, "
+                  "else fp32)")
+
+
+def add_placement_options(p: argparse.ArgumentParser, device_help: str = DEVICE_HELP,
+                          precision_help: str = PRECISION_HELP, device_default: str | None = None) -> None:
+    """``--device`` and ``--precision``: where and in which number format a command computes
+    (``run``, ``compare`` and ``export`` share them; None = the recipe's setting)."""
+    p.add_argument("--device", default=device_default, help=device_help)
+    p.add_argument("--precision", help=precision_help)
 
 
 def _one_line_warnings() -> None:
@@ -58,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError("--resume RUN_DIR takes no recipe, --out or --force: the run directory has them")
         out = Path(args.resume)
         try:
-            ctx = _interruptible(lambda: resume_run(out, strict=args.strict, quiet=args.quiet, device=args.device),
+            ctx = _interruptible(lambda: resume_run(out, strict=args.strict, quiet=args.quiet, device=args.device,
+                                                      precision=args.precision),
                                  out)
         except RunAlreadyComplete as exc:
             if main:
@@ -74,7 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the default name has the time in it: rank 0's is the one every rank uses
         out = distributed.broadcast_object(Path(args.out) if args.out else default_run_dir("runs", recipe.name))
         ctx = _interruptible(lambda: run_recipe(recipe, plugins, out, force=args.force, raw_recipe=raw,
-                                                quiet=args.quiet, device=args.device), out)
+                                                quiet=args.quiet, device=args.device,
+                                                precision=args.precision), out)
     if main:
         print(f"run complete: {ctx.out_dir}")
         print(f"report: {ctx.out_dir / 'report.md'}")
@@ -120,7 +132,8 @@ class _Interrupted(Exception):
 def cmd_export(args: argparse.Namespace) -> int:
     from corecompress.tools.export import export_model
 
-    path, error = export_model(args.run_dir, args.format, args.out, device=args.device)
+    path, error = export_model(args.run_dir, args.format, args.out, device=args.device,
+                                precision=args.precision)
     print(f"exported: {path}")
     if args.format == "onnx":
         if error is None:
@@ -212,14 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoints")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
-    p.add_argument("--device", help=DEVICE_HELP)
+    add_placement_options(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("export", help="write a finished run's model as safetensors or ONNX")
     p.add_argument("run_dir", help="run directory (or its architecture.json / exported .safetensors)")
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
     p.add_argument("--out", help="file to write (default: model.<ext> in the run directory)")
-    p.add_argument("--device", default="cpu", help="where the model is loaded and the ONNX file checked against "
-                                                   "PyTorch: auto, cpu, cuda or cuda:N (default: cpu)")
+    add_placement_options(p, device_default="cpu",
+                          device_help="where the model is loaded and the ONNX file checked against PyTorch: auto, "
+                                      "cpu, cuda or cuda:N (default: cpu)",
+                          precision_help="number format of the written weights: fp32 (default; auto is fp32 too), "
+                                         "bf16 or fp16 (safetensors only)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("validate", help="check a recipe without running it")
     p.add_argument("recipe")

@@ -183,7 +183,7 @@ def write_comparison_file(out_dir: Path, recipe_path: str, recipe: Any, runs: li
 
 
 def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False,
-                 device: str | None = None) -> dict[Path, str]:
+                 device: str | None = None, precision: str | None = None) -> dict[Path, str]:
     """Run every unfinished run in order, printing one progress line each; returns errors by run dir."""
     from corecompress.engine.runner import run_recipe
 
@@ -198,7 +198,8 @@ def execute_runs(runs: list[PlannedRun], plugins: Any, quiet: bool = False,
         print(head, end=" ", flush=True)
         start = time.perf_counter()
         try:
-            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw, quiet=quiet, device=device)
+            run_recipe(run.recipe, plugins, run.run_dir, raw_recipe=run.raw, quiet=quiet, device=device,
+                       precision=precision)
         except Exception as exc:  # noqa: BLE001 - one failed run must not stop the comparison
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             errors[run.run_dir] = message
@@ -241,11 +242,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     raw, plugins, recipe = load_for_recipe(args.recipe, args.strict)
     out_dir = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-compare"
     runs = plan_runs(raw, recipe, plugins.registry, out_dir)
-    if not args.only_report:  # a device this machine lacks: one line, before anything is written
-        from corecompress.engine.devices import resolve_device
+    if not args.only_report:  # a device or precision this machine lacks: one line, before anything is written
+        from corecompress.engine.runner import placement
 
-        for setting in sorted({args.device or run.recipe.device for run in runs}):
-            resolve_device(setting)
+        for where in sorted({(args.device or run.recipe.device, args.precision or run.recipe.precision)
+                             for run in runs}):
+            placement(*where)
     if not args.force:
         check_finished_runs_match(runs)
     replacement = prepare_directory(out_dir, args.force, args.only_report)
@@ -262,7 +264,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             replacement.keep_new()
         cells = len({r.cell_id for r in runs})
         print(f"comparison '{recipe.name}': {cells} cell(s) x {len(runs) // cells} seed(s) = {len(runs)} run(s) in {out_dir}")
-        errors = execute_runs(runs, plugins, quiet=args.quiet, device=args.device)
+        errors = execute_runs(runs, plugins, quiet=args.quiet, device=args.device, precision=args.precision)
     results = collect_results(runs, errors)
     for line in write_reports(results, out_dir, title=recipe.name, metric=args.metric):
         print(line)
@@ -287,5 +289,8 @@ def add_compare_parser(subparsers: Any) -> None:
     p.add_argument("--metric", help="accuracy metric to plot (default: the first '*accuracy*' metric after pruning)")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.add_argument("--quiet", action="store_true", help="no progress lines of the runs on stderr")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' for every run")
+    from corecompress.tools.cli import add_placement_options
+
+    add_placement_options(p, device_help="auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' for every run",
+                          precision_help="auto, fp32, bf16 or fp16: overrides the recipe's 'precision:' for every run")
     p.set_defaults(func=cmd_compare)

@@ -160,22 +160,26 @@ def load_exported(path: str | Path, map_location: str = "cpu", weights: str | Pa
 
 
 def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None,
-                 device: str | None = None) -> tuple[Path, float | None]:
+                 device: str | None = None, precision: str | None = None) -> tuple[Path, float | None]:
     """``corecompress export``: write the run's model as ``fmt`` (safetensors | onnx) to ``out``.
 
     ``device`` (``auto | cpu | cuda | cuda:N``, default cpu): where the model is loaded, traced and
     checked; a device this machine lacks is a one-line error before anything is read.
+    ``precision`` (default fp32; ``auto`` is fp32 too): the number format of the written weights —
+    bf16 or fp16 halve a safetensors file (it reloads into a float32 model); ONNX is written in fp32.
     Returns (file, relative error of onnxruntime against PyTorch — None for safetensors or without onnxruntime).
     """
     from corecompress.engine.devices import resolve_device
 
     where = resolve_device(device or "cpu")
+    dtype = _export_dtype(precision, fmt)
     arch, weights_file = read_architecture(run_dir)
     default = Path(run_dir) if Path(run_dir).is_dir() else weights_file.parent
     spec, model = build_architecture(arch, run_dir)
     load_weights_file(model, weights_file)
     model.to(where).eval()
     if fmt == "safetensors":
+        model.to(dtype)
         target = Path(out) if out else default / "model.safetensors"
         _check_target(target)
         return save_weights(model, target, arch), None
@@ -188,6 +192,22 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         export_onnx(model, input_size, target)
         return target, onnx_relative_error(model, target, input_size)
     raise UserError(f"--format: unknown format '{fmt}' (safetensors, onnx)")
+
+
+def _export_dtype(precision: str | None, fmt: str) -> torch.dtype:
+    """The dtype of an export's floating weights for ``--precision`` (one line for a bad value)."""
+    from corecompress.engine.precision import check_precision_setting
+
+    try:
+        setting = check_precision_setting(precision or "fp32")
+    except ValueError as exc:
+        raise UserError(f"--precision: {exc}") from None
+    if setting in ("auto", "fp32"):
+        return torch.float32
+    if fmt != "safetensors":
+        raise UserError(f"--precision {setting}: only safetensors exports are written in {setting}; ONNX is "
+                        "written in fp32 (omit --precision)")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def _check_target(target: Path) -> None:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.engine.precision import float32_math
 from corecompress.engine.components import context_device, seeded_generator
 from corecompress_adadistill.centres import adaptive_update, gather_from_ranks
 from corecompress_distill_baselines.api import (
@@ -75,6 +76,7 @@ class AdaDistill(nn.Module):
         self.centres = torch.randn(num_classes, teacher_size, generator=generator) * CENTRE_INIT_STD
         self.to(context_device(ctx))
 
+    @float32_math
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         if self.centres.numel() == 0:
             raise RuntimeError("adadistill: setup(ctx) must run before the first forward")

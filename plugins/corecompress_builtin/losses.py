@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from corecompress.engine.precision import float32_math
+
 
 @dataclass
 class CrossEntropyOptions:
@@ -21,6 +23,7 @@ class CrossEntropy(torch.nn.Module):
     def setup(self, context: Any) -> None:
         """Nothing to prepare: the model's outputs are the logits."""
 
+    @float32_math
     def forward(self, outputs: torch.Tensor, batch: dict[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         top = int(batch["label"].max())
         if top >= outputs.shape[1]:

@@ -42,6 +42,8 @@ class MarkdownReporter:
         if r.description:
             lines += [r.description, ""]
         lines += [f"- model: `{r.model.name}`, data: `{r.data.name}`, seed: {r.seed}"]
+        lines.append(f"- computed on `{run.device}` in {run.precision}"
+                     + "".join(f", {flag}" for flag in ("compile", "channels_last") if getattr(r, flag)))
         if r.prune is not None:
             applied = r.prune.apply.name
             lines.append(f"- pruning: `{r.prune.importance.name}` at sparsity {r.prune.sparsity} "

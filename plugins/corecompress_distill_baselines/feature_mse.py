@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.engine.precision import float32_math
 from corecompress.engine.components import context_device
 from corecompress_facekit.api import (
     DISTILL_DEFAULT_M, MarginObjective, MarginOptions, as_embedding, objective_options, student_embedding_size,
@@ -56,6 +57,7 @@ class FeatureMSE(nn.Module):
             self.margin.setup(ctx)
         self.to(context_device(ctx))
 
+    @float32_math
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         embeddings = as_embedding(outputs)
         f_t = teacher_embedding(teacher_outputs, "feature_mse").float()

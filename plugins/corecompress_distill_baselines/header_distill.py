@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.engine.precision import float32_math
 from corecompress.engine.components import context_device
 from corecompress_facekit.api import (
     DISTILL_DEFAULT_M, MarginKind, MarginOptions, as_embedding, cosine_matrix, margin_logits, margin_parameters,
@@ -58,6 +59,7 @@ class HeaderDistill(nn.Module):
                                         self.method, ctx)
         self.to(context_device(ctx))
 
+    @float32_math
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         if self.teacher_header.numel() == 0:
             raise RuntimeError(f"{self.method}: setup(ctx) must run before the first forward")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.engine.precision import float32_math
 from corecompress.engine.components import context_device
 from corecompress_facekit.api import (
     DISTILL_DEFAULT_M, LossConfigError, MarginOptions, as_embedding, cosine_matrix, margin_logits, margin_parameters,
@@ -78,6 +79,7 @@ class HintonKD(nn.Module):
                                         "hinton_kd", ctx)
         self.to(context_device(ctx))
 
+    @float32_math
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         if self.teacher_header.numel() == 0:
             raise RuntimeError("hinton_kd: setup(ctx) must run before the first forward")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corecompress.engine.precision import autocast_off, float32_math
 from corecompress.engine import distributed
 from corecompress.engine.components import context_device, seeded_generator  # noqa: F401 - also imported from here
 from corecompress.errors import UserError
@@ -150,7 +151,7 @@ def student_embedding_size(ctx: Any) -> int:
 def cosine_matrix(embeddings: Tensor, centres: Tensor) -> Tensor:
     """cos θ (B, K) between rows of ``embeddings`` (B, E) and ``centres`` (K, E), in float32 even under
     autocast (a bf16/fp16 cosine is too coarse for the margin), clamped to [−1, 1]."""
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+    with autocast_off():
         a = F.normalize(embeddings.float(), dim=1)
         b = F.normalize(centres.float(), dim=1)
         return F.linear(a, b).clamp(-1.0, 1.0)
@@ -302,6 +303,7 @@ class MarginObjective(nn.Module):
             return self.head(embeddings, labels)  # the global batch's mean, on every rank
         return F.cross_entropy(self.head(embeddings, labels), labels.long())
 
+    @float32_math
     def forward(self, outputs: Any, batch: Mapping[str, Any], teacher_outputs: Any = None) -> dict[str, Any]:
         if isinstance(self.head, ShardedMarginHead):  # scaled for the data-parallel loop (see there)
             loss, logged = self.head.data_parallel_loss(as_embedding(outputs), batch["label"])

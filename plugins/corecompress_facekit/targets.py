@@ -10,7 +10,9 @@ Cache key (documented rule): SHA-256 over
 - the teacher: its class name and every state_dict entry (name, dtype, shape, raw bytes) in name order;
 - the dataset identity: the dataset's ``cache_identity`` attribute if it has one (a string the
   dataset promises changes whenever its content does), else its class name, the repr of its
-  ``options`` (or, if it has none, of the dataset component's ``ctx.data.options``) and its length.
+  ``options`` (or, if it has none, of the dataset component's ``ctx.data.options``) and its length;
+- the run's precision (``ctx.precision``) when it is not fp32: the teacher computes the cache under
+  the run's autocast, so a bf16 cache never serves an fp32 run (fp32 keys are as they always were).
 So a changed teacher weight or a differently configured dataset gets a new file. Embeddings are
 the teacher's outputs as they are (not normalised) — losses normalise where they need to.
 
@@ -93,6 +95,9 @@ def cache_key(teacher: nn.Module, dataset: Any, ctx: Any = None) -> str:
     digest = hashlib.sha256(CACHE_FORMAT.encode())
     digest.update(teacher_fingerprint(teacher))
     digest.update(dataset_identity(dataset, ctx).encode())
+    precision = getattr(ctx, "precision", "fp32") if ctx is not None else "fp32"
+    if precision != "fp32":
+        digest.update(f"|precision={precision}".encode())
     return digest.hexdigest()[:32]
 
 

@@ -10,19 +10,17 @@ import errno
 import json
 import math
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
 import corecompress.engine.checkpoint as checkpoint
 from corecompress.engine.checkpoint import verify_checkpoint
 from corecompress import hookimpl
-from tests_shared import run_until_checkpoint
+from tests_shared import AtCallsOptions, NanAt, run_until_checkpoint
 
 RECIPE = {
     "version": 1, "name": "faults", "seed": 5, "threads": 1, "deterministic": True,
@@ -35,33 +33,10 @@ RECIPE = {
 }
 
 
-@dataclass
-class NanAtOptions:
-    steps: list[int]  # 1-based calls whose loss is NaN
-
-
-class NanAt(torch.nn.Module):
-    """Cross-entropy, except NaN at the listed calls: a deterministic non-finite loss."""
-
-    def __init__(self, options: NanAtOptions) -> None:
-        super().__init__()
-        self.options, self.calls = options, 0
-
-    def setup(self, context):
-        self.calls = 0
-
-    def forward(self, outputs, batch, teacher_outputs=None):
-        self.calls += 1
-        loss = F.cross_entropy(outputs, batch["label"])
-        if self.calls in self.options.steps:
-            loss = loss * float("nan")
-        return {"loss": loss}
-
-
 class NanPlugin:
     @hookimpl
     def register_losses(self, register):
-        register("nan_at", NanAt, NanAtOptions)
+        register("nan_at", NanAt, AtCallsOptions)
 
 
 def write_recipe(tmp_path: Path, data: dict) -> Path:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corecompress.engine.precision import autocast_off
+
 DEFAULT_EPS = 1e-7
 
 
@@ -118,7 +120,7 @@ class CombinedMarginHead(nn.Module):
 
     def cosine(self, embeddings: Tensor) -> Tensor:
         """cos θ between normalised embeddings (B, E) and normalised centres: (B, K), float32."""
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        with autocast_off():
             return F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from corecompress.engine.precision import autocast_off, float32_math
 from corecompress.engine import distributed, row_shards
 from corecompress_facekit.heads.margin import DEFAULT_EPS, CombinedMarginHead, _check_margins, margin_logits
 
@@ -105,7 +106,7 @@ class DistributedCrossEntropy(torch.autograd.Function):
 
 def _cosine(embeddings: Tensor, centres: Tensor) -> Tensor:
     # exactly CombinedMarginHead.cosine: float32 even under autocast, no clamp (margin_logits clamps)
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+    with autocast_off():
         return F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(centres.float(), dim=1))
 
 
@@ -159,6 +160,7 @@ class ShardedMarginHead(nn.Module):
         self.weight = nn.Parameter(init_weight[self.class_start:self.class_stop].detach().clone().float())
         row_shards.mark(self.weight, self.class_start, self.class_stop, num_classes)
 
+    @float32_math
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """The exact global-batch mean loss (see :func:`sharded_margin_loss`)."""
         return self._loss(embeddings, labels)[0]
