@@ -80,10 +80,20 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
             t = getattr(model.get_submodule(path) if path else model, attr)
             index = sl.indices(keep).to(t.device)
             _set_tensor(model, sl.tensor, t.index_select(sl.dim, index).contiguous())
-        for path, attr, *per_unit in g.attributes:
-            setattr(model.get_submodule(path), attr, len(keep) * (per_unit[0] if per_unit else 1))
+        for path, attr, *rest in g.attributes:
+            _set_attribute(model.get_submodule(path), attr, len(keep), *rest)
     _fix_sizes(model)
     return model
+
+
+def _set_attribute(module: nn.Module, attr: str, kept: int, per_unit: int = 1, position: int | None = None) -> None:
+    """``attr`` = kept units × ``per_unit``; for a tuple attribute (timm's ``bias_shape``), its entry ``position``."""
+    value = kept * per_unit
+    if position is not None:
+        old = list(getattr(module, attr))
+        old[position] = value
+        value = tuple(old)
+    setattr(module, attr, value)
 
 
 def _gather_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:
