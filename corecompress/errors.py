@@ -21,3 +21,7 @@ class PluginError(UserError):
 
 class DataFormatError(UserError, ValueError):
     """A data or weights file exists but is malformed, truncated, unsupported or unsafe (one line naming it)."""
+
+
+class PlanVerificationError(UserError):
+    """A pruning plan whose masked and physically pruned models disagree (one line naming the group)."""

@@ -35,7 +35,7 @@ from torch import nn
 
 from corecompress.pruning.groups import PrunableGroup, Slice
 from corecompress.pruning.trace import Trace, example_input, record_forward
-from corecompress.pruning.verify import probe, thinning_plan
+from corecompress.pruning.verify import ProbeResult, probe, randomise_weights, thinning_plan
 
 KINDS = ("channels", "heads", "neurons")
 HEAD_COUNT_ATTRS = ("num_heads", "heads", "n_heads")
@@ -147,15 +147,18 @@ def _feeding_norm(model: nn.Module, trace: Trace, consumer: str, block: str, wid
     return None
 
 
-def _heads_group(model: nn.Module, block: str, attn: _Attention, trace: Trace) -> PrunableGroup | str:
-    """The heads group of ``attn``, or the reason there is none."""
+def _heads_group(model: nn.Module, block: str, attn: _Attention, trace: Trace,
+                 head_major: bool = False) -> PrunableGroup | str:
+    """The heads group of ``attn``, or the reason there is none. ``head_major``: a fused projection's
+    rows are [q_h | k_h | v_h] per head (timm's MaxViT ``head_first``) instead of [q | k | v]."""
     d, inner, heads = attn.head_dim, attn.inner, attn.heads
     slices, attributes = [], []
     for path, offsets in attn.inputs:
         linear = model.get_submodule(path)
-        slices.append(Slice(f"{path}.weight", 0, offsets, d))
+        offsets, width = ((0,), d * len(offsets)) if head_major else (offsets, d)
+        slices.append(Slice(f"{path}.weight", 0, offsets, width))
         if linear.bias is not None:
-            slices.append(Slice(f"{path}.bias", 0, offsets, d))
+            slices.append(Slice(f"{path}.bias", 0, offsets, width))
     slices.append(Slice(f"{attn.proj}.weight", 1, (0,), d))
     projections = {p for p, _ in attn.inputs} | {attn.proj}
     last_input = max(trace.position(p) for p, _ in attn.inputs)
@@ -300,11 +303,14 @@ def _block_groups(model: nn.Module, block: str, attn: _Attention, trace: Trace,
     if "heads" in targets:
         groups.append(_heads_group(model, block, attn, trace))
         kinds.append("heads")
+        if any(len(offsets) > 1 for _, offsets in attn.inputs):
+            groups.append(_heads_group(model, block, attn, trace, head_major=True))
+            kinds.append("heads")
     if "neurons" in targets:
         groups.append(_neurons_group(model, block, *mlp) if mlp else "no MLP (fc1 → fc2) found after the attention")
         kinds.append("neurons")
     found = [g for g in groups if isinstance(g, PrunableGroup)]
-    refusals = [Refusal(block, k, g) for k, g in zip(kinds, groups) if isinstance(g, str)]
+    refusals = list({k: Refusal(block, k, g) for k, g in zip(kinds, groups) if isinstance(g, str)}.values())
     return found, refusals
 
 
@@ -321,27 +327,35 @@ def _relative(group: PrunableGroup, prefix: str) -> PrunableGroup:
         attributes=tuple((rel(a[0]), *a[1:]) for a in group.attributes))
 
 
-def _randomise(module: nn.Module) -> None:
-    """Add seeded noise to every float parameter, so a tensor left out of a group cannot hide behind zeros."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.is_floating_point():
-                p.add_(0.05 * torch.randn(p.shape, generator=generator).to(p.device, p.dtype))
-
-
-def _probe_block(model: nn.Module, block: str, groups: list[PrunableGroup], trace: Trace) -> list[Refusal]:
-    """Refusals for the kinds whose groups break masked ≡ physical on the block's recorded input."""
+def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[PrunableGroup],
+                 trace: Trace) -> tuple[list[PrunableGroup], list[Refusal]]:
+    """The groups that keep masked ≡ physical on the block's recorded input (per kind; of two heads
+    layouts the first that passes), and refusals for the kinds where none does."""
     module = model.get_submodule(block)
     args, kwargs = trace.calls[block]
-    rel = [_relative(g, block) for g in groups]
-    refusals = []
-    for kind in dict.fromkeys(g.kind for g in rel):
-        members = [g for g in rel if g.kind == kind]
-        result = probe(module, members, thinning_plan(members), args, kwargs, prepare=_randomise)
-        if not result.ok:
-            refusals.append(Refusal(block, kind, result.describe()))
-    return refusals
+    kept, refusals = [], []
+    for kind in dict.fromkeys(g.kind for g in groups):
+        candidates = [g for g in groups if g.kind == kind]
+        options = [candidates] if kind != "heads" else [[g] for g in candidates]
+        first = None
+        for members in options:
+            rel = [_relative(g, block) for g in members]
+            result = probe(module, rel, thinning_plan(rel), args, kwargs, prepare=randomise_weights)
+            if result.ok:
+                kept += members
+                break
+            first = first or result
+        else:
+            refusals.append(Refusal(block, kind, _reason(kind, attn, type(model.get_submodule(attn.path)), first)))
+    return kept, refusals
+
+
+def _reason(kind: str, attn: _Attention, attn_class: type, result: ProbeResult) -> str:
+    """Why a kind fails its block probe, in words a user can act on."""
+    if kind == "heads" and result.failure.startswith("RuntimeError: shape"):
+        return (f"removing heads breaks {attn.path} ({attn_class.__name__}), whose forward reshapes with the "
+                f"input width rather than num_heads × head_dim ({result.failure})")
+    return f"removing {kind} here: {result.describe()}"
 
 
 def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
@@ -369,9 +383,8 @@ def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
             continue
         taken.add(block)
         groups, refusals = _block_groups(model, block, attn, trace, targets)
-        failed = _probe_block(model, block, groups, trace) if groups else []
-        bad = {r.kind for r in failed}
-        finding.groups += [g for g in groups if g.kind not in bad]
+        kept, failed = _probe_block(model, block, attn, groups, trace) if groups else ([], [])
+        finding.groups += kept
         finding.refusals += refusals + failed
         finding.blocks.append(block)
     return finding

@@ -16,10 +16,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from corecompress.errors import PlanVerificationError
 from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.physical import apply_physical
 from corecompress.pruning.plan import GroupPlan, PruningPlan
+from corecompress.pruning.trace import example_input
 
 #: Largest relative error (‖masked − physical‖ / ‖masked‖) still counted as equal in fp32.
 TOLERANCE = 1e-5
@@ -101,6 +103,16 @@ def probe(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan, args
     return ProbeResult(relative_error(expected, got))
 
 
+def randomise_weights(module: nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Add seeded noise to every float parameter, so a tensor left out of a group cannot hide behind zeros
+    (zero-initialised biases, tables); the global random state is not touched."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.is_floating_point():
+                p.add_(scale * torch.randn(p.shape, generator=generator).to(p.device, p.dtype))
+
+
 def thinning_plan(groups: list[PrunableGroup]) -> PruningPlan:
     """A plan removing every third unit (from unit 1) of each group, at least one kept: a probe plan."""
     plans = {}
@@ -135,3 +147,24 @@ def find_offenders(check: Callable[[PruningPlan], ProbeResult], groups: list[Pru
                 break  # only the groups together fail: name the first of them
         found.append((members[0], result))
     return found
+
+
+def check_plan(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan, input_size: tuple[int, ...],
+               after_physical: Callable[[nn.Module], None] | None = None) -> None:
+    """Probe ``plan`` on ``model`` with a batch of 2 of ``input_size`` (randomised weights, deep copies);
+    raise :class:`PlanVerificationError` naming the first offending group, its kind and its block."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = example_input(tuple(input_size), device=device)
+
+    def check(part: PruningPlan) -> ProbeResult:
+        return probe(model, groups, part, (example,), after_physical=after_physical, prepare=randomise_weights)
+
+    if check(plan).ok:
+        return
+    offenders = find_offenders(check, groups, plan)
+    if not offenders:
+        raise PlanVerificationError(f"prune.verify: the plan's groups together break the pruned model: "
+                                    f"{check(plan).describe()}; set prune.verify: false to skip this check")
+    group, result = offenders[0]
+    raise PlanVerificationError(f"prune.verify: group {group.name} (kind {group.kind}, module {group.block or 'model'}): "
+                                f"{result.describe()}; set prune.verify: false to skip this check")
