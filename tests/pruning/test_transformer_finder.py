@@ -238,3 +238,39 @@ def test_timm_families(name):
     assert all(r.reason and "\n" not in r.reason for r in finding.refusals)
     _faces_scales_are_the_feeding_norms(model, finding.groups)
     _check_pruned(model, finding.groups, size)
+
+
+def _adapter(name: str, img_size: int):
+    from corecompress_facekit.adapters import TimmBackboneAdapter, TimmBackboneOptions
+
+    adapter = TimmBackboneAdapter(TimmBackboneOptions(model_name=name, embedding_size=8, img_size=img_size))
+    return adapter, adapter.build()
+
+
+@pytest.mark.parametrize("name, img_size", [("vit_tiny_patch16_224", 32), ("swin_tiny_patch4_window7_224", 56)])
+def test_the_timm_adapter_finds_the_groups_the_attribute_names_gave(name, img_size):
+    from corecompress_facekit.adapters import transformer_groups
+
+    adapter, model = _adapter(name, img_size)
+    found = adapter.prunable_groups(model, KINDS)
+    paths = list(dict.fromkeys(g.block for g in found))
+    named = transformer_groups(model, paths, KINDS, "relative_position_bias_table")
+    assert [g.name for g in found] == [g.name for g in named]
+    for a, b in zip(found, named):
+        assert (a.kind, a.size, a.scale, set(a.slices), a.gather_inputs) == (b.kind, b.size, b.scale, set(b.slices),
+                                                                              b.gather_inputs), a.name
+        assert set(a.attributes) == set(b.attributes), a.name
+
+
+def test_refused_heads_are_one_warning_naming_the_blocks_and_an_error_when_nothing_is_left():
+    from corecompress.errors import UserError
+
+    adapter, model = _adapter("cait_xxs24_224", 32)
+    with pytest.warns(UserWarning) as caught:
+        groups = adapter.prunable_groups(model, ("channels", "heads"))
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith("prune.targets: heads not prunable in 26 block(s) (backbone.blocks.0, backbone.blocks.1")
+    assert {g.kind for g in groups} == {"channels"} and len(groups) == 2 * 26
+    with pytest.raises(UserError, match=r"^prune.targets: heads not prunable in 26 block\(s\)"):
+        adapter.prunable_groups(model, ("heads",))
