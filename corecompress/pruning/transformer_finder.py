@@ -35,6 +35,7 @@ from torch import nn
 
 from corecompress.pruning.groups import PrunableGroup, Slice
 from corecompress.pruning.trace import Trace, example_input, record_forward
+from corecompress.pruning.transformer_fixups import fold_split_qkv_biases, folds_split_biases
 from corecompress.pruning.verify import ProbeResult, probe, randomise_weights, thinning_plan
 
 KINDS = ("channels", "heads", "neurons")
@@ -122,20 +123,32 @@ def _attention_layout(path: str, module: nn.Module, trace: Trace) -> _Attention 
 
 
 def _feeds(norm_output: torch.Tensor, consumer_input: torch.Tensor) -> bool:
-    """True when the consumer reads the norm's output, possibly reshaped or permuted (Swin's windows)."""
-    if norm_output.numel() != consumer_input.numel():
+    """True when the consumer reads the norm's output: as is, reshaped or permuted (Swin's windows), or
+    a part of it (CaiT's class token ``x[:, 0]``) — every value it reads is one the norm produced."""
+    if consumer_input.numel() > norm_output.numel():
         return False
     if norm_output.shape == consumer_input.shape and torch.equal(norm_output, consumer_input):
         return True
-    return torch.equal(norm_output.flatten().sort().values, consumer_input.flatten().sort().values)
+    return bool(torch.isin(consumer_input.flatten(), norm_output.flatten()).all())
+
+
+def _consumer_input(model: nn.Module, trace: Trace, consumer: str) -> tuple[int, object] | None:
+    """(position, input) of a linear's call; for a qkv folded at removal (BEiT/EVA/SwinV2), its attention's."""
+    if trace.position(consumer) < 0:
+        attention, _, name = consumer.rpartition(".")
+        if not folds_split_biases(model.get_submodule(attention), name):
+            return None
+        consumer = attention
+    args = trace.calls[consumer][0]
+    return trace.position(consumer), (args[0] if args else None)
 
 
 def _feeding_norm(model: nn.Module, trace: Trace, consumer: str, block: str, width: int) -> str | None:
     """The norm in ``block`` whose output ``consumer`` reads (the nearest before it), or None."""
-    position = trace.position(consumer)
-    if position < 0:
+    found = _consumer_input(model, trace, consumer)
+    if found is None:
         return None
-    seen_in = trace.calls[consumer][0][0] if trace.calls[consumer][0] else None
+    position, seen_in = found
     for name in reversed(trace.order[:position]):
         if not name.startswith(f"{block}."):
             continue
@@ -278,7 +291,7 @@ def _neurons_group(model: nn.Module, block: str, fc1: list[str], fc2: str, hidde
 def _channels_group(model: nn.Module, block: str, name: str, consumers: list[str], trace: Trace,
                     width: int) -> PrunableGroup | str:
     """Input columns of the consumers fed by the same norm (FACES' scale), gathered on removal."""
-    called = [c for c in consumers if trace.position(c) >= 0]
+    called = [c for c in consumers if _consumer_input(model, trace, c) is not None]
     if not called:
         return f"{consumers[0]}'s weight is used outside its forward, so its inputs cannot be gathered"
     norm = _feeding_norm(model, trace, called[0], block, width)
@@ -340,7 +353,8 @@ def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[Pr
         first = None
         for members in options:
             rel = [_relative(g, block) for g in members]
-            result = probe(module, rel, thinning_plan(rel), args, kwargs, prepare=randomise_weights)
+            result = probe(module, rel, thinning_plan(rel), args, kwargs, prepare=randomise_weights,
+                           after_physical=fold_split_qkv_biases)
             if result.ok:
                 kept += members
                 break

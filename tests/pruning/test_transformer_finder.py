@@ -14,6 +14,7 @@ from torch import nn
 from corecompress.pruning.masking import apply_masks
 from corecompress.pruning.physical import apply_physical
 from corecompress.pruning.transformer_finder import find_transformer_groups
+from corecompress.pruning.transformer_fixups import fold_split_qkv_biases
 from corecompress.pruning.verify import TOLERANCE, randomise_weights, relative_error, thinning_plan
 from corecompress_faces_pruner import FacesImportance, FacesOptions
 
@@ -138,6 +139,7 @@ def _check_pruned(model: nn.Module, groups, size: int) -> None:
     masked_model = _copy(model)
     apply_masks(masked_model, groups, plan)
     pruned = apply_physical(_copy(model), groups, plan)
+    fold_split_qkv_biases(pruned)  # the face plugin's after_physical_prune fix-up
     with torch.no_grad():
         assert relative_error(masked_model(x), pruned(x)) <= TOLERANCE
     pruned.train()
@@ -216,10 +218,13 @@ TIMM_CASES = {
                                      set(KINDS), set()),
     "maxvit_tiny_rw_224": ({"depths": (1, 1, 1, 1)}, 64, set(KINDS), set()),        # head-first qkv, rel-pos bias
     "pvt_v2_b0": ({}, 64, {"channels", "neurons"}, {"heads"}),                       # q + kv, sr conv, dwconv MLP
-    "eva02_tiny_patch14_224": ({"depth": 2}, 28, {"channels", "neurons"}, {"channels", "heads"}),  # rope, SwiGLU
+    "eva02_tiny_patch14_224": ({"depth": 2}, 28, {"channels", "neurons"}, {"heads"}),  # rope, SwiGLU, q/v bias
+    "beit_base_patch16_224": ({"depth": 2, "embed_dim": 96, "num_heads": 4}, 32, {"channels", "neurons"},
+                              {"heads"}),                                         # q/v bias, per-block rel-pos
+    "xcit_nano_12_p16_224": ({"depth": 2}, 32, {"channels", "neurons"}, {"heads"}),  # temperature, class attention
     "cait_xxs24_224": ({"depth": 2, "depth_token_only": 1}, 32, {"channels", "neurons"}, {"heads"}),
     "swinv2_tiny_window8_256": ({"depths": (1, 1, 1, 1), "embed_dim": 24, "num_heads": (3, 3, 4, 6)}, 64,
-                                {"channels", "neurons"}, {"channels", "heads"}),
+                                {"channels", "neurons"}, {"heads"}),
 }
 
 
@@ -236,8 +241,31 @@ def test_timm_families(name):
         assert everywhere <= kinds, (block, kinds)
     assert {r.kind for r in finding.refusals} == refused
     assert all(r.reason and "\n" not in r.reason for r in finding.refusals)
-    _faces_scales_are_the_feeding_norms(model, finding.groups)
+    scales = _faces_scales_are_the_feeding_norms(model, finding.groups)
+    if name.startswith("swinv2"):  # post-norm residuals: no norm feeds a consumer, so FACES has no scale
+        assert set(scales.values()) == {None}
+    else:  # pre-norm: FACES scores every channels group by the norm right before it
+        assert None not in scales.values() and all(s.endswith("norm1.weight") or s.endswith("norm2.weight")
+                                                   or s.endswith("norm.weight") for s in scales.values()), scales
     _check_pruned(model, finding.groups, size)
+
+
+def test_the_face_plugin_folds_split_biases_after_removal():
+    from corecompress_facekit.plugin import after_physical_prune
+
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, num_classes=0, img_size=32, depth=1,
+                              embed_dim=48, num_heads=4).eval()
+    groups = [g for g in find_transformer_groups(model, (3, 32, 32), ("channels",)).groups if g.name.endswith("attn_in")]
+    assert groups and groups[0].scale == "blocks.0.norm1.weight"
+    pruned = apply_physical(_copy(model), groups, thinning_plan(groups))
+    after_physical_prune(run=None, model=pruned, plan=None)
+    attn = pruned.blocks[0].attn
+    assert attn.q_bias is None and attn.qkv.bias.shape == (3 * 48,) and attn.qkv.in_features == 32
+    masked = _copy(model)
+    apply_masks(masked, groups, thinning_plan(groups))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert relative_error(masked(x), pruned(x)) <= TOLERANCE
 
 
 def _adapter(name: str, img_size: int):
