@@ -54,11 +54,13 @@ class Refusal:
 
 @dataclass
 class Finding:
-    """The groups found, the blocks they belong to, and the refusals."""
+    """The groups found, the blocks they belong to, the refusals, and (``partial``) the blocks whose
+    heads come out of the projections only, with the reason the whole head could not."""
 
     groups: list[PrunableGroup] = field(default_factory=list)
     blocks: list[str] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    partial: list[Refusal] = field(default_factory=list)
 
     def refused(self, kind: str) -> list[Refusal]:
         return [r for r in self.refusals if r.kind == kind]
@@ -97,7 +99,7 @@ def _per_channel_norm(module: nn.Module) -> bool:
 def _head_count(module: nn.Module) -> int | None:
     for attr in HEAD_COUNT_ATTRS:
         value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
     return None
 
@@ -200,6 +202,26 @@ def _heads_group(model: nn.Module, block: str, attn: _Attention, trace: Trace,
             attributes.append((attn.path, attr, d))
     return PrunableGroup(name=_join(block, "heads"), kind="heads", size=heads, block=block, slices=tuple(slices),
                          attributes=tuple(dict.fromkeys(attributes)), meta={"head_dim": d})
+
+
+def _projection_heads_group(model: nn.Module, block: str, attn: _Attention) -> PrunableGroup:
+    """Heads taken out of the projections only: q/k/v rows (+ biases, split q/v biases) and output-projection
+    columns, the attention core still running every head on zeros. Exact for any forward — the
+    projections write the kept rows back into their full width and the output projection gathers."""
+    d, inner = attn.head_dim, attn.inner
+    slices = []
+    for path, offsets in attn.inputs:
+        slices.append(Slice(f"{path}.weight", 0, offsets, d))
+        if model.get_submodule(path).bias is not None:
+            slices.append(Slice(f"{path}.bias", 0, offsets, d))
+    module = model.get_submodule(attn.path)
+    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        if tensor.is_floating_point() and tensor.dim() == 1 and tensor.numel() == inner:  # q_bias, k_bias, v_bias
+            slices.append(Slice(_join(attn.path, name), 0, (0,), d))
+    slices.append(Slice(f"{attn.proj}.weight", 1, (0,), d))
+    return PrunableGroup(name=_join(block, "heads"), kind="heads", size=attn.heads, block=block, slices=tuple(slices),
+                         scatter_outputs=tuple(p for p, _ in attn.inputs), gather_inputs=(attn.proj,),
+                         meta={"head_dim": d, "projections_only": True})
 
 
 def _linear_head_slices(path: str, linear: nn.Linear, heads: int) -> list[Slice]:
@@ -313,17 +335,20 @@ def _block_groups(model: nn.Module, block: str, attn: _Attention, trace: Trace,
         if mlp is not None:
             groups.append(_channels_group(model, block, "mlp_in", mlp[0], trace, width))
             kinds.append("channels")
-    if "heads" in targets:
-        groups.append(_heads_group(model, block, attn, trace))
-        kinds.append("heads")
-        if any(len(offsets) > 1 for _, offsets in attn.inputs):
-            groups.append(_heads_group(model, block, attn, trace, head_major=True))
-            kinds.append("heads")
     if "neurons" in targets:
         groups.append(_neurons_group(model, block, *mlp) if mlp else "no MLP (fc1 → fc2) found after the attention")
         kinds.append("neurons")
     found = [g for g in groups if isinstance(g, PrunableGroup)]
     refusals = list({k: Refusal(block, k, g) for k, g in zip(kinds, groups) if isinstance(g, str)}.values())
+    if "heads" in targets and attn.heads > 1:  # candidates, tried in this order by the block probe
+        whole = _heads_group(model, block, attn, trace)
+        if isinstance(whole, str):
+            refusals.append(Refusal(block, "heads", whole))  # withdrawn if the projections-only group passes
+        else:
+            found.append(whole)
+            if any(len(offsets) > 1 for _, offsets in attn.inputs):
+                found.append(_heads_group(model, block, attn, trace, head_major=True))
+        found.append(_projection_heads_group(model, block, attn))
     return found, refusals
 
 
@@ -337,38 +362,49 @@ def _relative(group: PrunableGroup, prefix: str) -> PrunableGroup:
         group, name=rel(group.name), scale=None,
         slices=tuple(dataclasses.replace(s, tensor=rel(s.tensor)) for s in group.slices),
         gather_inputs=tuple(rel(p) for p in group.gather_inputs),
+        scatter_outputs=tuple(rel(p) for p in group.scatter_outputs),
         attributes=tuple((rel(a[0]), *a[1:]) for a in group.attributes))
 
 
 def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[PrunableGroup],
-                 trace: Trace) -> tuple[list[PrunableGroup], list[Refusal]]:
-    """The groups that keep masked ≡ physical on the block's recorded input (per kind; of two heads
-    layouts the first that passes), and refusals for the kinds where none does."""
+                 trace: Trace, refusals: list[Refusal]) -> tuple[list[PrunableGroup], list[Refusal], list[Refusal]]:
+    """The groups that keep masked ≡ physical on the block's recorded input (per kind; for heads the
+    first candidate that passes: both layouts of a fused qkv, then the projections-only group), the
+    refusals left (``refusals`` are the ones found before probing), and why heads came out of the
+    projections only where they did."""
     module = model.get_submodule(block)
     args, kwargs = trace.calls[block]
-    kept, refusals = [], []
+    attn_class = type(model.get_submodule(attn.path))
+    kept, partial = [], []
     for kind in dict.fromkeys(g.kind for g in groups):
         candidates = [g for g in groups if g.kind == kind]
         options = [candidates] if kind != "heads" else [[g] for g in candidates]
-        first = None
+        failure = None
         for members in options:
             rel = [_relative(g, block) for g in members]
             result = probe(module, rel, thinning_plan(rel), args, kwargs, prepare=randomise_weights,
                            after_physical=fold_split_qkv_biases)
             if result.ok:
                 kept += members
+                if members[0].meta.get("projections_only"):
+                    earlier = [r for r in refusals if r.kind == kind]
+                    refusals = [r for r in refusals if r.kind != kind]
+                    why = earlier[0].reason if earlier else _reason(kind, attn, attn_class, failure)
+                    partial.append(Refusal(block, kind, why))
                 break
-            first = first or result
+            failure = failure or result
         else:
-            refusals.append(Refusal(block, kind, _reason(kind, attn, type(model.get_submodule(attn.path)), first)))
-    return kept, refusals
+            refusals = [r for r in refusals if r.kind != kind] + [
+                Refusal(block, kind, _reason(kind, attn, attn_class, failure))]
+    kept.sort(key=lambda g: KINDS.index(g.kind))  # attn_in, mlp_in, heads, mlp_hidden: the order of before
+    return kept, refusals, partial
 
 
 def _reason(kind: str, attn: _Attention, attn_class: type, result: ProbeResult) -> str:
     """Why a kind fails its block probe, in words a user can act on."""
     if kind == "heads" and result.failure.startswith("RuntimeError: shape"):
-        return (f"removing heads breaks {attn.path} ({attn_class.__name__}), whose forward reshapes with the "
-                f"input width rather than num_heads × head_dim ({result.failure})")
+        return (f"{attn.path} ({attn_class.__name__}) reshapes with the input width rather than "
+                f"num_heads × head_dim ({result.failure})")
     return f"removing {kind} here: {result.describe()}"
 
 
@@ -396,9 +432,15 @@ def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
         if not block or block in taken or trace.position(block) < 0:
             continue
         taken.add(block)
-        groups, refusals = _block_groups(model, block, attn, trace, targets)
-        kept, failed = _probe_block(model, block, attn, groups, trace) if groups else ([], [])
+        try:
+            groups, refusals = _block_groups(model, block, attn, trace, targets)
+            kept, refusals, partial = _probe_block(model, block, attn, groups, trace, refusals)
+        except Exception as exc:  # noqa: BLE001 - a layout this finder misreads is refused, never a crash
+            text = (str(exc).strip().splitlines() or [""])[0][:160]
+            kept, partial = [], []
+            refusals = [Refusal(block, k, f"not understood ({type(exc).__name__}: {text})") for k in targets]
         finding.groups += kept
-        finding.refusals += refusals + failed
+        finding.refusals += refusals
+        finding.partial += partial
         finding.blocks.append(block)
     return finding

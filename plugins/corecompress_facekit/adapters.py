@@ -40,16 +40,23 @@ def transformer_groups(model: nn.Module, block_paths: list[str], targets: tuple[
     return groups
 
 
+def _blocks_line(kind: str, notes: list, what: str) -> str:
+    shown = ", ".join(r.block for r in notes[:3]) + (f" and {len(notes) - 3} more" if len(notes) > 3 else "")
+    return f"prune.targets: {kind} {what} in {len(notes)} block(s) ({shown}): {notes[0].reason}"
+
+
 def refusals_said(finding: Finding, targets: tuple[str, ...]) -> list[PrunableGroup]:
-    """The finding's groups; each refused kind that was asked for is one warning line naming its blocks,
-    and a UserError (exit 2) when nothing at all can be pruned for the asked kinds."""
+    """The finding's groups; each refused kind that was asked for is one warning line naming its blocks
+    (heads taken from the projections only too), and a UserError (exit 2) when nothing at all can be
+    pruned for the asked kinds."""
     lines = []
     for kind in dict.fromkeys(r.kind for r in finding.refusals if r.kind in targets):
-        refused = finding.refused(kind)
-        blocks = ", ".join(r.block for r in refused[:3]) + (f" and {len(refused) - 3} more" if len(refused) > 3 else "")
-        lines.append(f"prune.targets: {kind} not prunable in {len(refused)} block(s) ({blocks}): {refused[0].reason}")
+        lines.append(_blocks_line(kind, finding.refused(kind), "not prunable"))
     if not finding.groups and lines:
         raise UserError(lines[0])
+    if finding.partial:
+        lines.append(_blocks_line("heads", finding.partial, "come out of q/k/v and the output projection only "
+                                  "(the attention still runs every head)"))
     for line in lines:
         warnings.warn(line, stacklevel=2)
     return finding.groups

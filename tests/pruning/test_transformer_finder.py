@@ -203,34 +203,39 @@ def test_norms_over_all_heads_or_all_neurons_refuse_that_kind_only():
 
     net = Net(Block(ScaleNormAttention(), ChunkedGlu(hidden_norm=True)))
     finding = find_transformer_groups(net, (3, 8, 8))
-    assert {g.kind for g in finding.groups} == {"channels"}
-    reasons = {r.kind: r.reason for r in finding.refusals}
-    assert "blocks.0.attention.norm normalises all heads' outputs" in reasons["heads"]
-    assert "blocks.0.ffn.norm normalises all hidden units" in reasons["neurons"]
+    assert {g.kind for g in finding.groups} == {"channels", "heads"}
+    assert [(r.kind, r.reason[:45]) for r in finding.refusals] == [
+        ("neurons", "blocks.0.ffn.norm normalises all hidden units")]
+    # heads: a norm over all heads' outputs sees zeros for removed heads in both models if the core keeps
+    # every head, so they come out of the projections only, with the reason the whole head could not
+    heads = next(g for g in finding.groups if g.kind == "heads")
+    assert heads.meta["projections_only"] and heads.scatter_outputs == ("blocks.0.attention.qkv",)
+    assert heads.gather_inputs == ("blocks.0.attention.proj",) and not heads.attributes
+    assert [r.reason[:53] for r in finding.partial] == ["blocks.0.attention.norm normalises all heads' outputs"]
     _check_pruned(net, finding.groups, 8)
 
 
+ALL = set(KINDS)
 TIMM_CASES = {
-    # name: (create_model kwargs, img_size, kinds found in every block, kinds refused somewhere)
-    "vit_tiny_patch16_224": ({"depth": 2}, 32, set(KINDS), set()),
-    "deit3_small_patch16_224": ({"depth": 2, "embed_dim": 96, "num_heads": 4}, 32, set(KINDS), set()),   # layer scale
+    # name: (create_model kwargs, img_size, kinds found in every block, heads from the projections only)
+    "vit_tiny_patch16_224": ({"depth": 2}, 32, ALL, False),
+    "deit3_small_patch16_224": ({"depth": 2, "embed_dim": 96, "num_heads": 4}, 32, ALL, False),   # layer scale
     "swin_tiny_patch4_window7_224": ({"depths": (1, 1, 1, 1), "embed_dim": 24, "num_heads": (2, 3, 4, 6)}, 56,
-                                     set(KINDS), set()),
-    "maxvit_tiny_rw_224": ({"depths": (1, 1, 1, 1)}, 64, set(KINDS), set()),        # head-first qkv, rel-pos bias
-    "pvt_v2_b0": ({}, 64, {"channels", "neurons"}, {"heads"}),                       # q + kv, sr conv, dwconv MLP
-    "eva02_tiny_patch14_224": ({"depth": 2}, 28, {"channels", "neurons"}, {"heads"}),  # rope, SwiGLU, q/v bias
-    "beit_base_patch16_224": ({"depth": 2, "embed_dim": 96, "num_heads": 4}, 32, {"channels", "neurons"},
-                              {"heads"}),                                         # q/v bias, per-block rel-pos
-    "xcit_nano_12_p16_224": ({"depth": 2}, 32, {"channels", "neurons"}, {"heads"}),  # temperature, class attention
-    "cait_xxs24_224": ({"depth": 2, "depth_token_only": 1}, 32, {"channels", "neurons"}, {"heads"}),
+                                     ALL, False),                                    # rel-pos table, windows
+    "maxvit_tiny_rw_224": ({"depths": (1, 1, 1, 1)}, 64, ALL, False),               # head-first qkv, rel-pos bias
+    "pvt_v2_b0": ({}, 64, {"channels", "neurons"}, True),    # q + kv, sr conv, dwconv MLP; stage 1 has one head
+    "eva02_tiny_patch14_224": ({"depth": 2}, 28, ALL, True),                        # rope, SwiGLU, q/v bias
+    "beit_base_patch16_224": ({"depth": 2, "embed_dim": 96, "num_heads": 4}, 32, ALL, True),  # q/v bias, rel-pos
+    "xcit_nano_12_p16_224": ({"depth": 2}, 32, ALL, True),                 # temperature, class attention, LPI
+    "cait_xxs24_224": ({"depth": 2, "depth_token_only": 1}, 32, ALL, True),  # talking heads, class attention
     "swinv2_tiny_window8_256": ({"depths": (1, 1, 1, 1), "embed_dim": 24, "num_heads": (3, 3, 4, 6)}, 64,
-                                {"channels", "neurons"}, {"heads"}),
+                                ALL, True),                                   # cpb MLP, logit scale, post-norm
 }
 
 
 @pytest.mark.parametrize("name", list(TIMM_CASES))
 def test_timm_families(name):
-    kwargs, size, everywhere, refused = TIMM_CASES[name]
+    kwargs, size, everywhere, projections_only = TIMM_CASES[name]
     if name != "pvt_v2_b0":
         kwargs = {**kwargs, "img_size": size}
     model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
@@ -239,8 +244,11 @@ def test_timm_families(name):
     for block in finding.blocks:
         kinds = {g.kind for g in finding.groups if g.block == block}
         assert everywhere <= kinds, (block, kinds)
-    assert {r.kind for r in finding.refusals} == refused
-    assert all(r.reason and "\n" not in r.reason for r in finding.refusals)
+    assert finding.refusals == []
+    heads = [g for g in finding.groups if g.kind == "heads"]
+    assert heads and {bool(g.meta.get("projections_only")) for g in heads} == {projections_only}
+    assert len(finding.partial) == (len(heads) if projections_only else 0)
+    assert all(r.reason and "\n" not in r.reason for r in finding.partial)
     scales = _faces_scales_are_the_feeding_norms(model, finding.groups)
     if name.startswith("swinv2"):  # post-norm residuals: no norm feeds a consumer, so FACES has no scale
         assert set(scales.values()) == {None}
@@ -290,15 +298,27 @@ def test_the_timm_adapter_finds_the_groups_the_attribute_names_gave(name, img_si
         assert set(a.attributes) == set(b.attributes), a.name
 
 
-def test_refused_heads_are_one_warning_naming_the_blocks_and_an_error_when_nothing_is_left():
-    from corecompress.errors import UserError
-
+def test_projection_only_heads_are_one_warning_naming_the_blocks():
     adapter, model = _adapter("cait_xxs24_224", 32)
     with pytest.warns(UserWarning) as caught:
         groups = adapter.prunable_groups(model, ("channels", "heads"))
     lines = [str(w.message) for w in caught]
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert lines[0].startswith("prune.targets: heads not prunable in 26 block(s) (backbone.blocks.0, backbone.blocks.1")
-    assert {g.kind for g in groups} == {"channels"} and len(groups) == 2 * 26
-    with pytest.raises(UserError, match=r"^prune.targets: heads not prunable in 26 block\(s\)"):
-        adapter.prunable_groups(model, ("heads",))
+    assert lines[0].startswith("prune.targets: heads come out of q/k/v and the output projection only (the attention "
+                               "still runs every head) in 26 block(s) (backbone.blocks.0, backbone.blocks.1")
+    assert "TalkingHeadAttn" in lines[0]
+    assert {g.kind for g in groups} == {"channels", "heads"} and len(groups) == 3 * 26
+
+
+def test_a_refused_kind_is_a_warning_and_an_error_when_nothing_is_left():
+    from corecompress.errors import UserError
+    from corecompress_facekit.adapters import refusals_said
+
+    net = Net(Block(ZooAttention(), ChunkedGlu(hidden_norm=True)), Block(ZooAttention(), SwiGLU()))
+    finding = find_transformer_groups(net, (3, 8, 8), ("neurons",))
+    with pytest.warns(UserWarning, match=r"^prune.targets: neurons not prunable in 1 block\(s\) \(blocks.0\): "
+                                         r"blocks.0.ffn.norm normalises"):
+        assert [g.name for g in refusals_said(finding, ("neurons",))] == ["blocks.1.mlp_hidden"]
+    lone = find_transformer_groups(Net(Block(ZooAttention(), ChunkedGlu(hidden_norm=True))), (3, 8, 8), ("neurons",))
+    with pytest.raises(UserError, match=r"^prune.targets: neurons not prunable in 1 block\(s\) \(blocks.0\)"):
+        refusals_said(lone, ("neurons",))
