@@ -402,7 +402,7 @@ def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[Pr
 
 def _reason(kind: str, attn: _Attention, attn_class: type, result: ProbeResult) -> str:
     """Why a kind fails its block probe, in words a user can act on."""
-    if kind == "heads" and result.failure.startswith("RuntimeError: shape"):
+    if kind == "heads" and result.failure.startswith("the pruned model fails: RuntimeError: shape"):
         return (f"{attn.path} ({attn_class.__name__}) reshapes with the input width rather than "
                 f"num_heads × head_dim ({result.failure})")
     return f"removing {kind} here: {result.describe()}"
@@ -419,8 +419,14 @@ def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
     if not targets:
         return finding
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    trace = record_forward(model, example_input(tuple(input_size), device=device),
-                           keep_output=lambda m: _norm_width(m) is not None)
+    try:
+        trace = record_forward(model, example_input(tuple(input_size), device=device),
+                               keep_output=lambda m: _norm_width(m) is not None)
+    except Exception as exc:  # noqa: BLE001 - said as a refusal, never raised
+        text = (str(exc).strip().splitlines() or [""])[0][:160]
+        reason = f"the model's forward fails on a batch of 2 of {tuple(input_size)} ({type(exc).__name__}: {text})"
+        finding.refusals = [Refusal("model", k, reason) for k in targets]
+        return finding
     taken: set[str] = set(skip or ())
     for path, module in model.named_modules():
         if not path or trace.position(path) < 0:

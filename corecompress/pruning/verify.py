@@ -9,9 +9,10 @@ tests, Fang et al., "DepGraph", CVPR 2023, run here before a plan is used).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class ProbeResult:
 
     def describe(self) -> str:
         if self.error is None:
-            return f"the pruned model fails: {self.failure}"
+            return self.failure
         return f"the pruned model's output differs from the masked model's (rel. err {self.error:.1e} > {TOLERANCE:.0e})"
 
 
@@ -76,6 +77,17 @@ def relative_error(reference: Any, other: Any) -> float:
     return (num ** 0.5) / max(den ** 0.5, 1e-30)
 
 
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """TF32 off while probing (cuDNN convolutions use it by default on GPUs): the 1e-5 bound is an fp32 one."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @torch.no_grad()
 def probe(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan, args: tuple, kwargs: dict | None = None,
           after_physical: Callable[[nn.Module], None] | None = None,
@@ -91,16 +103,24 @@ def probe(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan, args
         prepare(base)
     masked = copy.deepcopy(base)
     apply_masks(masked, groups, plan)
-    expected = masked(*_cloned(args), **_cloned(kwargs))
-    try:
-        pruned = apply_physical(base, groups, plan)
-        if after_physical is not None:
-            after_physical(pruned)
-        got = pruned(*_cloned(args), **_cloned(kwargs))
-    except Exception as exc:  # noqa: BLE001 - any failure of the pruned model is the finding
-        text = str(exc).strip().splitlines()
-        return ProbeResult(None, f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": "))
+    with _full_fp32():
+        try:
+            expected = masked(*_cloned(args), **_cloned(kwargs))
+        except Exception as exc:  # noqa: BLE001 - reported, never raised
+            return ProbeResult(None, f"the masked model fails: {_one_line(exc)}")
+        try:
+            pruned = apply_physical(base, groups, plan)
+            if after_physical is not None:
+                after_physical(pruned)
+            got = pruned(*_cloned(args), **_cloned(kwargs))
+        except Exception as exc:  # noqa: BLE001 - any failure of the pruned model is the finding
+            return ProbeResult(None, f"the pruned model fails: {_one_line(exc)}")
     return ProbeResult(relative_error(expected, got))
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
 
 
 def randomise_weights(module: nn.Module, seed: int = 0, scale: float = 0.05) -> None:

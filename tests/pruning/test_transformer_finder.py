@@ -322,3 +322,10 @@ def test_a_refused_kind_is_a_warning_and_an_error_when_nothing_is_left():
     lone = find_transformer_groups(Net(Block(ZooAttention(), ChunkedGlu(hidden_norm=True))), (3, 8, 8), ("neurons",))
     with pytest.raises(UserError, match=r"^prune.targets: neurons not prunable in 1 block\(s\) \(blocks.0\)"):
         refusals_said(lone, ("neurons",))
+
+
+def test_a_model_that_fails_on_its_input_size_is_a_refusal_not_a_crash():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, depth=1)
+    finding = find_transformer_groups(model, (3, 48, 48))  # not the size it was built for
+    assert finding.groups == [] and {r.kind for r in finding.refusals} == set(KINDS)
+    assert finding.refusals[0].reason.startswith("the model's forward fails on a batch of 2 of (3, 48, 48)")
