@@ -1,28 +1,22 @@
 """Transformer blocks recognised by what they do, not by attribute names.
 
 One recorded forward pass (:mod:`corecompress.pruning.trace`) and the modules' types and shapes are
-read; names are never trusted. An *attention* is a module with a head count (``num_heads``) whose
-child linears are input projections of width ``k·inner`` (a fused [q|k|v] of 3·inner, q/k/v of
-inner each, or q + kv of 2·inner as in PVT) and one output projection reading ``inner`` =
-heads × head_dim features. Its *block* is its parent; the block's MLP is the first linear reading the
+read; names are never trusted. Attentions are found by :mod:`corecompress.pruning.transformer_heads`
+(a head count and projections of matching shapes). An attention's *block* is its parent; the block's MLP is the first linear reading the
 block width after the attention (two of them for SwiGLU's fc1_g/fc1_x; one of twice the hidden width
 for GLU's chunked fc1) and the next linear after it. Per kind (Lajić et al., FACES, ICT Express 2026,
 for channels; Michel et al., "Are Sixteen Heads Really Better than One?", NeurIPS 2019, for heads):
 
 - ``channels``: the input columns of the projections fed by the norm right before them; that norm's
   γ is the group's ``scale`` (FACES). The norm keeps normalising all channels; removal gathers.
-- ``heads``: the projections' rows of each head (+ biases, and separate q/k/v biases such as BEiT's
-  ``q_bias``/``v_bias``), the output projection's columns, and every per-head tensor in the attention:
-  relative-position tables (entries, heads), SwinV2's continuous-position MLP output and
-  ``logit_scale`` (heads, 1, 1), XCiT's temperature, talking-heads mixers (heads × heads). Head counts
-  (``num_heads`` and timm's ``bias_shape``) and timm's ``attn_dim`` follow. head_dim never changes,
-  so rotary embeddings stay valid.
+- ``heads``: a whole head (projection rows and columns and every per-head tensor), or where the
+  attention's forward fixes its width, the head taken out of the projections only.
 - ``neurons``: fc1 rows (+ bias; both halves of a GLU), per-channel tensors between fc1 and fc2
   (BatchNorm, depthwise convs as in PVT v2), fc2 columns.
 
 Every block is probed on its recorded input (masked ≡ physical, :mod:`corecompress.pruning.verify`,
 on randomised weights so zero-initialised tensors show); a kind that fails there is not offered for
-that block and becomes a :class:`Refusal` with the reason. Layer scale (``ls1.gamma``) acts on the
+that block and becomes a :class:`Refusal` with the reason (heads first fall back to the projections). Layer scale (``ls1.gamma``) acts on the
 residual stream, which no kind here changes, so it needs no fix-up.
 """
 from __future__ import annotations
@@ -35,12 +29,12 @@ from torch import nn
 
 from corecompress.pruning.groups import PrunableGroup, Slice
 from corecompress.pruning.trace import Trace, example_input, record_forward
+from corecompress.pruning.transformer_heads import (
+    AttentionLayout, attention_layout, heads_group, join_path, norm_width, projection_heads_group)
 from corecompress.pruning.transformer_fixups import fold_split_qkv_biases, folds_split_biases
 from corecompress.pruning.verify import ProbeResult, probe, randomise_weights, thinning_plan
 
 KINDS = ("channels", "heads", "neurons")
-HEAD_COUNT_ATTRS = ("num_heads", "heads", "n_heads")
-INNER_WIDTH_ATTRS = ("attn_dim", "all_head_dim", "inner_dim")
 
 
 @dataclass(frozen=True)
@@ -66,62 +60,9 @@ class Finding:
         return [r for r in self.refusals if r.kind == kind]
 
 
-@dataclass
-class _Attention:
-    path: str
-    heads: int
-    head_dim: int
-    inputs: list[tuple[str, tuple[int, ...]]]   # (linear path, offsets of q/k/v in its rows)
-    proj: str
-
-    @property
-    def inner(self) -> int:
-        return self.heads * self.head_dim
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
-
-
-def _norm_width(module: nn.Module) -> int | None:
-    """The feature count of a normalisation layer (any class whose name says Norm, with a 1-D weight)."""
-    if "norm" not in type(module).__name__.lower():
-        return None
-    weight = getattr(module, "weight", None)
-    return int(weight.numel()) if isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
-
-
 def _per_channel_norm(module: nn.Module) -> bool:
     """BatchNorm-like: statistics per channel, so removing a channel leaves the others unchanged."""
     return isinstance(module, nn.modules.batchnorm._NormBase)  # noqa: SLF001
-
-
-def _head_count(module: nn.Module) -> int | None:
-    for attr in HEAD_COUNT_ATTRS:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    return None
-
-
-def _attention_layout(path: str, module: nn.Module, trace: Trace) -> _Attention | None:
-    """The q/k/v and output projections of ``module`` by their shapes, or None if it is no attention."""
-    heads = _head_count(module)
-    if heads is None:
-        return None
-    linears = [(n, c) for n, c in module.named_children() if isinstance(c, nn.Linear)]
-    by_last_run = sorted(linears, key=lambda nc: trace.position(_join(path, nc[0])), reverse=True)
-    for proj_name, proj in by_last_run:
-        inner = proj.in_features
-        if inner % heads or inner == heads:
-            continue
-        inputs = [(n, c.out_features // inner) for n, c in linears
-                  if n != proj_name and c.out_features in (inner, 2 * inner, 3 * inner) and c.in_features != heads]
-        if sum(k for _, k in inputs) >= 3:
-            return _Attention(path, heads, inner // heads,
-                              [(_join(path, n), tuple(i * inner for i in range(k))) for n, k in inputs],
-                              _join(path, proj_name))
-    return None
 
 
 def _feeds(norm_output: torch.Tensor, consumer_input: torch.Tensor) -> bool:
@@ -155,105 +96,14 @@ def _feeding_norm(model: nn.Module, trace: Trace, consumer: str, block: str, wid
         if not name.startswith(f"{block}."):
             continue
         module = model.get_submodule(name)
-        if _norm_width(module) != width or name not in trace.outputs:
+        if norm_width(module) != width or name not in trace.outputs:
             continue
         if isinstance(seen_in, torch.Tensor) and _feeds(trace.outputs[name], seen_in):
             return name
     return None
 
 
-def _heads_group(model: nn.Module, block: str, attn: _Attention, trace: Trace,
-                 head_major: bool = False) -> PrunableGroup | str:
-    """The heads group of ``attn``, or the reason there is none. ``head_major``: a fused projection's
-    rows are [q_h | k_h | v_h] per head (timm's MaxViT ``head_first``) instead of [q | k | v]."""
-    d, inner, heads = attn.head_dim, attn.inner, attn.heads
-    slices, attributes = [], []
-    for path, offsets in attn.inputs:
-        linear = model.get_submodule(path)
-        offsets, width = ((0,), d * len(offsets)) if head_major else (offsets, d)
-        slices.append(Slice(f"{path}.weight", 0, offsets, width))
-        if linear.bias is not None:
-            slices.append(Slice(f"{path}.bias", 0, offsets, width))
-    slices.append(Slice(f"{attn.proj}.weight", 1, (0,), d))
-    projections = {p for p, _ in attn.inputs} | {attn.proj}
-    last_input = max(trace.position(p) for p, _ in attn.inputs)
-    last_input = last_input if last_input >= 0 else trace.position(attn.path)
-    for name, module in model.get_submodule(attn.path).named_modules():
-        path = _join(attn.path, name)
-        if path in projections or isinstance(module, nn.modules.conv._ConvNd):  # noqa: SLF001 - input-side convs
-            continue
-        for attr in HEAD_COUNT_ATTRS:
-            if getattr(module, attr, None) == heads:
-                attributes.append((path, attr))
-        shape = getattr(module, "bias_shape", None)
-        if isinstance(shape, tuple) and shape and shape[-1] == heads:
-            attributes.append((path, "bias_shape", 1, len(shape) - 1))
-        if isinstance(module, nn.Linear):
-            slices += _linear_head_slices(path, module, heads)
-            continue
-        width = _norm_width(module)
-        if width is not None:
-            if width == inner and trace.position(path) > last_input:
-                return f"{path} normalises all heads' outputs together; removing a head changes its statistics"
-            continue  # q/k norms over head_dim are shared by every head; input-side norms are not per head
-        slices += _owned_head_slices(path, module, heads, inner, d)
-    for attr in INNER_WIDTH_ATTRS:
-        if getattr(model.get_submodule(attn.path), attr, None) == inner:
-            attributes.append((attn.path, attr, d))
-    return PrunableGroup(name=_join(block, "heads"), kind="heads", size=heads, block=block, slices=tuple(slices),
-                         attributes=tuple(dict.fromkeys(attributes)), meta={"head_dim": d})
-
-
-def _projection_heads_group(model: nn.Module, block: str, attn: _Attention) -> PrunableGroup:
-    """Heads taken out of the projections only: q/k/v rows (+ biases, split q/v biases) and output-projection
-    columns, the attention core still running every head on zeros. Exact for any forward — the
-    projections write the kept rows back into their full width and the output projection gathers."""
-    d, inner = attn.head_dim, attn.inner
-    slices = []
-    for path, offsets in attn.inputs:
-        slices.append(Slice(f"{path}.weight", 0, offsets, d))
-        if model.get_submodule(path).bias is not None:
-            slices.append(Slice(f"{path}.bias", 0, offsets, d))
-    module = model.get_submodule(attn.path)
-    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-        if tensor.is_floating_point() and tensor.dim() == 1 and tensor.numel() == inner:  # q_bias, k_bias, v_bias
-            slices.append(Slice(_join(attn.path, name), 0, (0,), d))
-    slices.append(Slice(f"{attn.proj}.weight", 1, (0,), d))
-    return PrunableGroup(name=_join(block, "heads"), kind="heads", size=attn.heads, block=block, slices=tuple(slices),
-                         scatter_outputs=tuple(p for p, _ in attn.inputs), gather_inputs=(attn.proj,),
-                         meta={"head_dim": d, "projections_only": True})
-
-
-def _linear_head_slices(path: str, linear: nn.Linear, heads: int) -> list[Slice]:
-    """A linear producing one value per head (SwinV2's cpb MLP, timm's RelPosMlp), or mixing heads (talking heads)."""
-    slices = []
-    if linear.out_features == heads:
-        slices.append(Slice(f"{path}.weight", 0))
-        if linear.bias is not None:
-            slices.append(Slice(f"{path}.bias", 0))
-        if linear.in_features == heads:
-            slices.append(Slice(f"{path}.weight", 1))
-    return slices
-
-
-def _owned_head_slices(path: str, module: nn.Module, heads: int, inner: int, head_dim: int) -> list[Slice]:
-    """Per-head tensors a module owns: a dim of ``inner`` (q_bias, v_bias) or of ``heads`` (tables, scales)."""
-    slices = []
-    owned = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-    for name, tensor in owned:
-        if not tensor.is_floating_point():
-            continue
-        for dim, n in enumerate(tensor.shape):
-            if n == inner:
-                slices.append(Slice(_join(path, name), dim, (0,), head_dim))
-                break
-            if n == heads:
-                slices.append(Slice(_join(path, name), dim))
-                break
-    return slices
-
-
-def _mlp_layout(model: nn.Module, block: str, attn: _Attention, trace: Trace, width: int
+def _mlp_layout(model: nn.Module, block: str, attn: AttentionLayout, trace: Trace, width: int
                 ) -> tuple[list[str], str, int, list[str]] | None:
     """(fc1 paths, fc2 path, hidden width, hidden-path leaves) of the MLP after ``attn`` in ``block``."""
     after = max(trace.position(n) for n in trace.order if n == attn.path or n.startswith(f"{attn.path}."))
@@ -300,13 +150,13 @@ def _neurons_group(model: nn.Module, block: str, fc1: list[str], fc2: str, hidde
         elif isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels == hidden \
                 and module.out_channels == hidden:  # noqa: SLF001 - depthwise conv (PVT v2's MLP)
             attributes.append((path, "groups"))
-        elif _norm_width(module) == hidden:
+        elif norm_width(module) == hidden:
             return f"{path} normalises all hidden units together; removing a neuron changes its statistics"
         else:
             return f"{path} ({type(module).__name__}) between {fc1[-1]} and {fc2} is not per-neuron"
-        slices += [Slice(_join(path, n), 0) for n in tensors]
+        slices += [Slice(join_path(path, n), 0) for n in tensors]
     slices.append(Slice(f"{fc2}.weight", 1))
-    return PrunableGroup(name=_join(block, "mlp_hidden"), kind="neurons", size=hidden, block=block,
+    return PrunableGroup(name=join_path(block, "mlp_hidden"), kind="neurons", size=hidden, block=block,
                          slices=tuple(slices), attributes=tuple(attributes))
 
 
@@ -318,12 +168,12 @@ def _channels_group(model: nn.Module, block: str, name: str, consumers: list[str
         return f"{consumers[0]}'s weight is used outside its forward, so its inputs cannot be gathered"
     norm = _feeding_norm(model, trace, called[0], block, width)
     fed = [c for c in called if _feeding_norm(model, trace, c, block, width) == norm]
-    return PrunableGroup(name=_join(block, name), kind="channels", size=width, block=block,
+    return PrunableGroup(name=join_path(block, name), kind="channels", size=width, block=block,
                          scale=f"{norm}.weight" if norm else None,
                          slices=tuple(Slice(f"{c}.weight", 1) for c in fed), gather_inputs=tuple(fed))
 
 
-def _block_groups(model: nn.Module, block: str, attn: _Attention, trace: Trace,
+def _block_groups(model: nn.Module, block: str, attn: AttentionLayout, trace: Trace,
                   targets: tuple[str, ...]) -> tuple[list[PrunableGroup], list[Refusal]]:
     groups: list[PrunableGroup | str] = []
     kinds: list[str] = []
@@ -341,14 +191,14 @@ def _block_groups(model: nn.Module, block: str, attn: _Attention, trace: Trace,
     found = [g for g in groups if isinstance(g, PrunableGroup)]
     refusals = list({k: Refusal(block, k, g) for k, g in zip(kinds, groups) if isinstance(g, str)}.values())
     if "heads" in targets and attn.heads > 1:  # candidates, tried in this order by the block probe
-        whole = _heads_group(model, block, attn, trace)
+        whole = heads_group(model, block, attn, trace)
         if isinstance(whole, str):
             refusals.append(Refusal(block, "heads", whole))  # withdrawn if the projections-only group passes
         else:
             found.append(whole)
             if any(len(offsets) > 1 for _, offsets in attn.inputs):
-                found.append(_heads_group(model, block, attn, trace, head_major=True))
-        found.append(_projection_heads_group(model, block, attn))
+                found.append(heads_group(model, block, attn, trace, head_major=True))
+        found.append(projection_heads_group(model, block, attn))
     return found, refusals
 
 
@@ -366,7 +216,7 @@ def _relative(group: PrunableGroup, prefix: str) -> PrunableGroup:
         attributes=tuple((rel(a[0]), *a[1:]) for a in group.attributes))
 
 
-def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[PrunableGroup],
+def _probe_block(model: nn.Module, block: str, attn: AttentionLayout, groups: list[PrunableGroup],
                  trace: Trace, refusals: list[Refusal]) -> tuple[list[PrunableGroup], list[Refusal], list[Refusal]]:
     """The groups that keep masked ≡ physical on the block's recorded input (per kind; for heads the
     first candidate that passes: both layouts of a fused qkv, then the projections-only group), the
@@ -400,7 +250,7 @@ def _probe_block(model: nn.Module, block: str, attn: _Attention, groups: list[Pr
     return kept, refusals, partial
 
 
-def _reason(kind: str, attn: _Attention, attn_class: type, result: ProbeResult) -> str:
+def _reason(kind: str, attn: AttentionLayout, attn_class: type, result: ProbeResult) -> str:
     """Why a kind fails its block probe, in words a user can act on."""
     if kind == "heads" and result.failure.startswith("the pruned model fails: RuntimeError: shape"):
         return (f"{attn.path} ({attn_class.__name__}) reshapes with the input width rather than "
@@ -421,7 +271,7 @@ def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         trace = record_forward(model, example_input(tuple(input_size), device=device),
-                               keep_output=lambda m: _norm_width(m) is not None)
+                               keep_output=lambda m: norm_width(m) is not None)
     except Exception as exc:  # noqa: BLE001 - said as a refusal, never raised
         text = (str(exc).strip().splitlines() or [""])[0][:160]
         reason = f"the model's forward fails on a batch of 2 of {tuple(input_size)} ({type(exc).__name__}: {text})"
@@ -431,7 +281,7 @@ def find_transformer_groups(model: nn.Module, input_size: tuple[int, ...],
     for path, module in model.named_modules():
         if not path or trace.position(path) < 0:
             continue
-        attn = _attention_layout(path, module, trace)
+        attn = attention_layout(path, module, trace)
         if attn is None:
             continue
         block = path.rpartition(".")[0]
