@@ -26,3 +26,7 @@ class DataFormatError(UserError, ValueError):
 class ComponentError(PluginError):
     """A plugin's component broke its contract when called (scores of the wrong shape, a list for a tensor, a
     loss that is not a scalar): one line naming the plugin, the component and expected vs actual."""
+
+
+class PlanVerificationError(UserError):
+    """A pruning plan whose masked and physically pruned models disagree (one line naming the group)."""

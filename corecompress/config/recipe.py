@@ -152,6 +152,9 @@ class PruneSection:
                        aliases=RAMP_SHORTHANDS)
     ramp_fraction: float = field(default=0.5, metadata={
         "help": "gradual: the last round prunes after this fraction of retrain.steps"})
+    verify: bool = field(default=True, metadata={
+        "help": "before the plan is used, check on a batch of 2 that the masked and the physically pruned "
+                "model agree (rel. err <= 1e-5); a group that breaks this stops the run naming it"})
 
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, high_open=True)

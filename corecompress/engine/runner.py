@@ -43,6 +43,7 @@ from corecompress.pruning.gradual import (
     GradualPruner, complete_masks, plan_from_masks, ramp_label, round_sparsities, round_steps,
 )
 from corecompress.pruning.plan import PruningPlan, make_plan
+from corecompress.pruning.verify import check_plan
 from corecompress.config.recipe import Recipe, recipe_to_dict
 from corecompress.engine.rundir import (
     STATUS_FILE, RunLock, atomic_write_bytes, create_run_dir, environment, read_status, write_json,
@@ -145,8 +146,21 @@ def plan(ctx: RunContext) -> Any:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
         raise UserError(f"prune.plan: {exc}") from None
+    _verify_plan(ctx, ctx.plan)
     _save_plan(ctx, plan_file(ctx.recipe), ctx.plan)
     return ctx.plan
+
+
+def _verify_plan(ctx: RunContext, plan: PruningPlan) -> None:
+    """``prune.verify``: masked ≡ physical on a batch of 2 before the plan is saved or used (a mismatch
+    or a failing pruned model is a one-line :class:`PlanVerificationError` naming the group)."""
+    if not ctx.recipe.prune.verify:
+        return
+    start = time.perf_counter()
+    check_plan(ctx.model, ctx.groups, plan, ctx.model_spec.input_size,
+               after_physical=lambda model: ctx.hook.after_physical_prune(run=None, model=model, plan=plan))
+    ctx.metrics["verify_seconds"] = time.perf_counter() - start
+    ctx.log.info("prune.verify: masked and physically pruned models agree (%.2f s)", ctx.metrics["verify_seconds"])
 
 
 def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
@@ -263,6 +277,7 @@ def _finish_gradual(ctx: RunContext) -> None:
                                                          "ramp": ramp_label(p.ramp)},
                             names=set(ctx.plan.groups))
     ctx.plan = final
+    _verify_plan(ctx, final)
     _save_plan(ctx, "plan.json", final)
     ctx.model = ctx.create("applier", p.apply).apply(ctx.model, ctx.groups, final, ctx)
 

@@ -41,8 +41,12 @@ class PrunableGroup:
     - ``gather_inputs``: Linear modules whose *input* features are these units while the producer is
       not pruned (FACES: LayerNorm over all C feeds a sliced qkv) — physical removal makes them
       gather the kept features first.
-    - ``attributes``: (module path, attribute[, per-unit size]) set to kept units × size after physical
-      removal (``num_heads``; timm's ``attn_dim`` = heads × head_dim).
+    - ``scatter_outputs``: Linear modules whose *output rows* are these units' while their consumer still
+      reads the full width (an attention core that keeps every head) — physical removal makes them
+      write the kept rows back into zeros.
+    - ``attributes``: (module path, attribute[, per-unit size[, position]]) set to kept units × size after
+      physical removal (``num_heads``; timm's ``attn_dim`` = heads × head_dim); with a position, that
+      entry of a tuple attribute (timm's ``bias_shape`` = (tokens, tokens, heads)).
     - ``scale``: the per-unit normalisation scale (LayerNorm/BatchNorm γ) for norm-scale importances.
     - ``block``: the block the group belongs to (local ranking, per-block floors).
     """
@@ -54,6 +58,7 @@ class PrunableGroup:
     block: str = ""
     scale: str | None = None
     gather_inputs: tuple[str, ...] = ()
+    scatter_outputs: tuple[str, ...] = ()
     attributes: tuple[tuple, ...] = ()
     min_keep: int = 1
     meta: dict = field(default_factory=dict, hash=False, compare=False)

@@ -31,6 +31,24 @@ class GatheredLinear(nn.Linear):
         return f"gathers {self.in_features} of {self.in_total} inputs, " + super().extra_repr()
 
 
+class ScatteringLinear(GatheredLinear):
+    """A :class:`GatheredLinear` whose kept output rows are written back at ``output_index`` of
+    ``out_total`` zeros, for a consumer that reads the full width (an attention still running every head)."""
+
+    def __init__(self, in_total: int, index: torch.Tensor, out_total: int, output_index: torch.Tensor,
+                 bias: bool = True, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_total, index, out_total, bias=bias, device=device, dtype=dtype)
+        self.out_total = out_total
+        self.register_buffer("output_index", output_index.clone().to(device=device, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = super().forward(x)
+        return kept.new_zeros((*kept.shape[:-1], self.out_total)).index_copy(-1, self.output_index, kept)
+
+    def extra_repr(self) -> str:
+        return f"scatters {self.out_features} of {self.out_total} outputs, " + super().extra_repr()
+
+
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
     path, _, attr = name.rpartition(".")
     module = model.get_submodule(path) if path else model
@@ -75,19 +93,58 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
             continue
         for path in g.gather_inputs:
             _gather_linear(model, path, g, keep)
+        for path in g.scatter_outputs:
+            _scatter_linear(model, path, g, keep)
         for sl in g.slices:
             path, _, attr = sl.tensor.rpartition(".")
             t = getattr(model.get_submodule(path) if path else model, attr)
             index = sl.indices(keep).to(t.device)
             _set_tensor(model, sl.tensor, t.index_select(sl.dim, index).contiguous())
-        for path, attr, *per_unit in g.attributes:
-            setattr(model.get_submodule(path), attr, len(keep) * (per_unit[0] if per_unit else 1))
+        for path, attr, *rest in g.attributes:
+            _set_attribute(model.get_submodule(path), attr, len(keep), *rest)
     _fix_sizes(model)
     return model
 
 
+def _set_attribute(module: nn.Module, attr: str, kept: int, per_unit: int = 1, position: int | None = None) -> None:
+    """``attr`` = kept units × ``per_unit``; for a tuple attribute (timm's ``bias_shape``), its entry ``position``."""
+    value = kept * per_unit
+    if position is not None:
+        old = list(getattr(module, attr))
+        old[position] = value
+        value = tuple(old)
+    setattr(module, attr, value)
+
+
+def _weight_indices(group: PrunableGroup, path: str, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    """The indices the group keeps of ``path``'s weight along ``dim`` (the units themselves if unlisted)."""
+    for sl in group.slices:
+        if sl.tensor == f"{path}.weight" and sl.dim == dim:
+            return sl.indices(keep)
+    return keep
+
+
+def _scatter_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:
+    """Make the linear at ``path`` write its kept output rows back into its full width (rows sliced by the group)."""
+    old = model.get_submodule(path)
+    if isinstance(old, ScatteringLinear) or not isinstance(old, nn.Linear):
+        raise TypeError(f"group {group.name}: scatter_outputs {path} is {type(old).__name__}, not a plain nn.Linear")
+    gathered = isinstance(old, GatheredLinear)
+    in_index = old.input_index if gathered else torch.arange(old.in_features, device=old.weight.device)
+    new = ScatteringLinear(old.in_total if gathered else old.in_features, in_index, old.out_features,
+                           _weight_indices(group, path, 0, keep), bias=old.bias is not None,
+                           device=old.weight.device, dtype=old.weight.dtype)
+    new.weight = old.weight
+    if old.bias is not None:
+        new.bias = old.bias
+    new.in_features = old.in_features
+    new.train(old.training)
+    _replace_module(model, path, new)
+
+
 def _gather_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:
     """Make the linear at ``path`` read only the kept inputs (its weight columns are sliced by the group)."""
+    keep = _weight_indices(group, path, 1, keep)
     old = model.get_submodule(path)
     if isinstance(old, GatheredLinear):
         index = old.input_index[keep.to(old.input_index.device)]

@@ -6,6 +6,7 @@ masking and physical removal are derived from it by the core, so both agree by c
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from corecompress.errors import UserError
 from corecompress.pruning.cnn import inner_channel_group
 from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.transformer import block_groups
+from corecompress.pruning.transformer_finder import Finding, find_transformer_groups
 
 
 def transformer_groups(model: nn.Module, block_paths: list[str], targets: tuple[str, ...],
@@ -36,6 +38,28 @@ def transformer_groups(model: nn.Module, block_paths: list[str], targets: tuple[
                      if g.kind == "heads" else g for g in found]
         groups += found
     return groups
+
+
+def _blocks_line(kind: str, notes: list, what: str) -> str:
+    shown = ", ".join(r.block for r in notes[:3]) + (f" and {len(notes) - 3} more" if len(notes) > 3 else "")
+    return f"prune.targets: {kind} {what} in {len(notes)} block(s) ({shown}): {notes[0].reason}"
+
+
+def refusals_said(finding: Finding, targets: tuple[str, ...]) -> list[PrunableGroup]:
+    """The finding's groups; each refused kind that was asked for is one warning line naming its blocks
+    (heads taken from the projections only too), and a UserError (exit 2) when nothing at all can be
+    pruned for the asked kinds."""
+    lines = []
+    for kind in dict.fromkeys(r.kind for r in finding.refusals if r.kind in targets):
+        lines.append(_blocks_line(kind, finding.refused(kind), "not prunable"))
+    if not finding.groups and lines:
+        raise UserError(lines[0])
+    if finding.partial:
+        lines.append(_blocks_line("heads", finding.partial, "come out of q/k/v and the output projection only "
+                                  "(the attention still runs every head)"))
+    for line in lines:
+        warnings.warn(line, stacklevel=2)
+    return finding.groups
 
 
 @dataclass
@@ -233,7 +257,8 @@ class TimmBackboneOptions:
 
 
 class TimmBackboneAdapter:
-    """Any timm model + an embedding head; transformer blocks (ViT/DeiT/Swin) expose their groups."""
+    """Any timm model + an embedding head; its transformer blocks are found by what they do
+    (:mod:`corecompress.pruning.transformer_finder`) and expose their groups."""
 
     def __init__(self, options: TimmBackboneOptions) -> None:
         self.options = options
@@ -251,10 +276,8 @@ class TimmBackboneAdapter:
             raise UserError(f"model: {str(exc).splitlines()[0]}") from None
 
     def prunable_groups(self, model: nn.Module, targets: tuple[str, ...]) -> list[PrunableGroup]:
-        paths = [name for name, m in model.named_modules()
-                 if all(hasattr(m, a) for a in ("norm1", "attn", "norm2", "mlp")) and hasattr(m.attn, "qkv")
-                 and hasattr(m.attn, "num_heads") and hasattr(m.mlp, "fc1")]
-        return transformer_groups(model, paths, targets, "relative_position_bias_table")
+        finding = find_transformer_groups(model, self.input_size, targets)
+        return refusals_said(finding, targets)
 
 
 def register(register: Any) -> None:

@@ -39,3 +39,11 @@ def register_targets(register: Any) -> None:
     from corecompress_facekit import targets
 
     targets.register_targets(register)
+
+
+@hookimpl
+def after_physical_prune(run: Any, model: Any, plan: Any) -> None:
+    """timm's BEiT/EVA/SwinV2 attentions: fold split q/v biases into a gathering qkv (see the fix-up's module)."""
+    from corecompress.pruning.transformer_fixups import fold_split_qkv_biases
+
+    fold_split_qkv_biases(model)
