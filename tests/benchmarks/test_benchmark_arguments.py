@@ -35,6 +35,7 @@ BAD = [
     ("structured_speed.py", ["--repeats", "6"], "--repeats"),
     ("synthetic_difficulty.py", ["--difficulty", "-1"], "--difficulty"),
     ("training_overhead.py", ["--steps", "many"], "--steps"),
+    ("verify_cost.py", ["--threads", "0"], "--threads"),
     ("training_overhead.py", ["--variants", "eager,fast"], "--variants"),
 ]
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "cli_args.py")
