@@ -14,6 +14,14 @@ SHARED_DATA = Path(os.environ.get("CORECOMPRESS_SHARED_DATA", REPO.parent / "sha
 torch.set_num_threads(1)  # small ops; avoids oversubscription when tests spawn processes
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_root(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202
+    """Caches the tests write (teacher embeddings, RecordIO indexes) go to a session folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORECOMPRESS_CACHE", str(tmp_path_factory.mktemp("corecompress-cache")))
+        yield
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

@@ -48,6 +48,7 @@ from corecompress.engine.checkpoint import (
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
+from corecompress.engine.loader_settings import loader_settings
 from corecompress.config.recipe import TrainSection
 
 
@@ -269,7 +270,7 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
         target = ctx.create("target", section.target)
         distributed.main_first(lambda: target.prepare(ctx.teacher, ctx.data.train(), ctx))  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
-    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world)
+    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world, ctx.device)
     # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
     # share, so the average is the gradient of the global batch mean (exactly 1 for equal slices)
     share = (hi - lo) * world / global_batch
@@ -282,14 +283,17 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
 
 
 def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, global_batch: int, rank: int,
-             world: int) -> tuple[Iterator[dict[str, Any]], int, int]:
-    """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi)."""
+             world: int, device: torch.device | None = None) -> tuple[Iterator[dict[str, Any]], int, int]:
+    """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi).
+
+    Workers (``num_workers``, ``auto`` by default), pinned memory on CUDA and prefetch as
+    :mod:`corecompress.engine.loader_settings` decides; the batches are the same with any worker count."""
     sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
     lo, hi = distributed.shard_bounds(global_batch, rank, world)
     if world > 1:
         sampler = distributed.ShardedBatchSampler(sampler, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
-                        persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                        **loader_settings(dataset, section.num_workers, device))
     return iter(loader), lo, hi
 
 

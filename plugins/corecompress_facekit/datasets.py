@@ -34,7 +34,8 @@ class FaceSamples(Dataset):
     """Wraps a reader returning ``(uint8 image, label[, attributes])`` into normalised dict samples.
 
     ``cache=True`` keeps decoded/rendered images in memory after first use (synthetic faces are
-    rendered once, not every epoch).
+    rendered once, not every epoch). ``decode_workers`` (what ``num_workers: auto`` asks for) is the
+    source's: readers that decode images want workers, in-memory sources none.
     """
 
     def __init__(self, source: Any, size: int | None = None, cache: bool = False,
@@ -42,6 +43,10 @@ class FaceSamples(Dataset):
         self.source, self.size, self.cache = source, size, cache
         self._images: dict[int, torch.Tensor] = {}
         self.cache_identity = identity or f"{type(source).__name__}:{len(source)}:{size}"
+
+    @property
+    def decode_workers(self) -> int:
+        return int(getattr(self.source, "decode_workers", 0))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -78,10 +83,11 @@ class AttributeSet:
 
 
 class _Images(Dataset):
-    """A list of uint8 images as dict samples (for verification .bin / Olivetti sets)."""
+    """A list of uint8 images as dict samples (for verification .bin / Olivetti sets);
+    ``decode_workers``: workers ``num_workers: auto`` gives it (0: ``get`` reads memory)."""
 
-    def __init__(self, get: Callable[[int], np.ndarray], count: int, size: int | None) -> None:
-        self.get, self.count, self.size = get, count, size
+    def __init__(self, get: Callable[[int], np.ndarray], count: int, size: int | None, decode_workers: int = 0) -> None:
+        self.get, self.count, self.size, self.decode_workers = get, count, size, decode_workers
 
     def __len__(self) -> int:
         return self.count
@@ -101,7 +107,7 @@ def verification_bins(paths: Sequence[str], size: int | None) -> dict[str, PairS
         except (ValueError, FileNotFoundError) as exc:
             raise UserError(f"data.verification_bins: {str(exc).splitlines()[0]}") from None
         n = len(vp.issame)
-        images = _Images(vp.image, 2 * n, size)
+        images = _Images(vp.image, 2 * n, size, vp.decode_workers)
         sets[Path(p).stem] = PairSet(images, np.arange(2 * n).reshape(n, 2), np.asarray(vp.issame, bool))
     return sets
 
@@ -335,6 +341,7 @@ class CelebAData:
 class _CelebASamples(Dataset):
     def __init__(self, source: Any) -> None:
         self.source = source
+        self.decode_workers = int(getattr(source, "decode_workers", 0))
 
     def __len__(self) -> int:
         return len(self.source)

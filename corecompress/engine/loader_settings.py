@@ -1,0 +1,82 @@
+"""How the engine sets up its DataLoaders: how many workers (``num_workers: auto``), pinned memory, prefetch.
+
+``auto`` asks the dataset. A dataset that decodes images when an item is read (RecordIO, identity
+folders, verification ``.bin`` files, CelebA) declares how many decode workers it wants with the
+optional attribute ``decode_workers`` (an int; absent or 0 = its samples are in memory: synthetic
+faces, Olivetti, cached tensors). A wrapper (``torch.utils.data.Subset``, or anything with a
+``dataset`` attribute) is looked through. Then
+
+    auto = min(decode_workers, MAX_AUTO_WORKERS, max(1, CPUs of this process // local ranks - 1))
+
+— one CPU per rank stays with the main process, which runs the step. An integer setting is used as
+it is. Worker processes never change a sample: the samples are pure functions of their index, and
+the training flips are drawn in the loop from (seed, step), so batches are bitwise the same with
+any number of workers.
+
+On CUDA the batches are pinned (``pin_memory``) so the loop's ``non_blocking`` copies overlap the
+step; with workers, they stay alive across epochs (``persistent_workers``) and each keeps
+``PREFETCH_FACTOR`` batches ready.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+#: The most workers ``auto`` picks for one process, whatever the machine.
+MAX_AUTO_WORKERS = 16
+#: Batches each worker keeps ready (DataLoader's ``prefetch_factor``).
+PREFETCH_FACTOR = 2
+
+
+def wanted_workers(dataset: Any) -> int:
+    """The dataset's ``decode_workers`` (looking through wrappers); 0 when it declares none."""
+    for _ in range(8):  # wrappers of wrappers, never an endless chain
+        declared = getattr(dataset, "decode_workers", None)
+        if isinstance(declared, int) and not isinstance(declared, bool):
+            return max(declared, 0)
+        inner = getattr(dataset, "dataset", None)
+        if inner is None or inner is dataset:
+            return 0
+        dataset = inner
+    return 0
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def local_world_size() -> int:
+    """Processes on this machine under torchrun (``LOCAL_WORLD_SIZE``), else 1."""
+    try:
+        return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def resolve_workers(setting: int | str, dataset: Any, *, cpus: int | None = None,
+                    local_world: int | None = None) -> int:
+    """The worker count for ``setting`` (an int, or ``"auto"`` as the module docstring says)."""
+    if setting != "auto":
+        return int(setting)
+    wanted = wanted_workers(dataset)
+    if wanted == 0:
+        return 0
+    per_rank = (available_cpus() if cpus is None else cpus) // (local_world_size() if local_world is None else local_world)
+    return min(wanted, MAX_AUTO_WORKERS, max(1, per_rank - 1))
+
+
+def loader_settings(dataset: Any, setting: int | str, device: torch.device | str | None, *,
+                    persistent: bool = True) -> dict[str, Any]:
+    """Keyword arguments for ``DataLoader``: workers, ``pin_memory`` on CUDA, persistence and prefetch."""
+    workers = resolve_workers(setting, dataset)
+    settings: dict[str, Any] = {"num_workers": workers,
+                                "pin_memory": device is not None and torch.device(device).type == "cuda"}
+    if workers > 0:
+        settings.update(persistent_workers=persistent, prefetch_factor=PREFETCH_FACTOR)
+    return settings
