@@ -247,6 +247,9 @@ class RecordIOOptions:
     path: str = field(metadata={"help": "folder or prefix of train.rec/train.idx/property"})
     image_size: int = 112
     verification_bins: list[str] = field(default_factory=list, metadata={"help": "lfw.bin, cfp_fp.bin, ..."})
+    cache: bool = field(default=True, metadata={"help": "cache the parsed index and the labels of a large set"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "index/label cache folder; null = $CORECOMPRESS_CACHE/recordio or ~/.cache/corecompress/recordio"})
 
     def __post_init__(self) -> None:
         _check_image_size(self.image_size)
@@ -262,7 +265,7 @@ class RecordIOData:
 
         self.options = options
         try:
-            self._source = RecordIODataset(options.path)
+            self._source = RecordIODataset(options.path, cache=options.cache, cache_dir=options.cache_dir)
         except (ValueError, FileNotFoundError) as exc:
             raise UserError(f"data.path: {str(exc).splitlines()[0]}") from None
         self.num_classes = int(self._source.num_classes)
