@@ -38,7 +38,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from corecompress.weights import write_tensors
-from torch.utils.data import DataLoader
 
 from corecompress.engine import distributed, row_shards
 from corecompress.engine.artifacts import publish_objective
@@ -48,7 +47,7 @@ from corecompress.engine.checkpoint import (
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
-from corecompress.engine.loader_settings import loader_settings
+from corecompress.engine.data_loaders import train_loader
 from corecompress.config.recipe import TrainSection
 
 
@@ -286,14 +285,13 @@ def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, gl
              world: int, device: torch.device | None = None) -> tuple[Iterator[dict[str, Any]], int, int]:
     """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi).
 
-    Workers (``num_workers``, ``auto`` by default), pinned memory on CUDA and prefetch as
-    :mod:`corecompress.engine.loader_settings` decides; the batches are the same with any worker count."""
+    Workers (``num_workers``, ``auto`` by default), pinned memory on CUDA, prefetch and whole-batch reads
+    as :mod:`corecompress.engine.data_loaders` decides; the batches are the same with any worker count."""
     sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
     lo, hi = distributed.shard_bounds(global_batch, rank, world)
     if world > 1:
         sampler = distributed.ShardedBatchSampler(sampler, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed),
-                        **loader_settings(dataset, section.num_workers, device))
+    loader = train_loader(dataset, sampler, section.num_workers, device, torch.Generator().manual_seed(seed))
     return iter(loader), lo, hi
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from corecompress.engine.loader_settings import loader_settings
+from corecompress.engine.data_loaders import loader_settings
 from torch.utils.data import DataLoader
 
 

@@ -13,21 +13,26 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from corecompress.errors import UserError
 
 
-def _to_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
-    from corecompress_facekit.data.transforms import normalize_to_tensor
-
+def _prepared(image: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 HxWx3 at ``size``: grey repeated to RGB, resized when its height differs."""
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if size is not None and image.shape[0] != size:
         from corecompress_facekit.data.formats._images import resize_exact
 
         image = resize_exact(image, size)
-    return normalize_to_tensor(image)
+    return image
+
+
+def _to_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
+    from corecompress_facekit.data.transforms import normalize_to_tensor
+
+    return normalize_to_tensor(_prepared(image, size))
 
 
 class FaceSamples(Dataset):
@@ -35,7 +40,8 @@ class FaceSamples(Dataset):
 
     ``cache=True`` keeps decoded/rendered images in memory after first use (synthetic faces are
     rendered once, not every epoch). ``decode_workers`` (what ``num_workers: auto`` asks for) is the
-    source's: readers that decode images want workers, in-memory sources none.
+    source's: readers that decode images want workers, in-memory sources none. ``batch(indices)`` is
+    the collated batch of those samples, bit for bit, built in one buffer (the training loader's read).
     """
 
     def __init__(self, source: Any, size: int | None = None, cache: bool = False,
@@ -62,6 +68,24 @@ class FaceSamples(Dataset):
         if len(item) > 2 and item[2] is not None:
             sample["attributes"] = torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
         return sample
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """``default_collate([self[i] for i in indices])``, without a tensor per image and a stacking copy."""
+        from corecompress_facekit.data.transforms import normalize_batch
+
+        if self.cache:  # the cached tensors are the samples
+            return default_collate([self[i] for i in indices])
+        items = [self.source[i] for i in indices]
+        has_attributes = {len(item) > 2 and item[2] is not None for item in items}
+        if len(has_attributes) > 1:  # a mix: collating refuses it, with its own message
+            return default_collate([self[i] for i in indices])
+        batch = {"image": normalize_batch([_prepared(np.asarray(item[0]), self.size) for item in items]),
+                 "label": torch.tensor([int(item[1]) for item in items], dtype=torch.int64),
+                 "index": torch.tensor([int(i) for i in indices], dtype=torch.int64)}
+        if has_attributes == {True}:
+            batch["attributes"] = torch.stack([torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
+                                               for item in items])
+        return batch
 
 
 @dataclass

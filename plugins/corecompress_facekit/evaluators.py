@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from corecompress.engine.loader_settings import loader_settings
+from corecompress.engine.data_loaders import loader_settings
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from corecompress_facekit.datasets import AttributeSet, PairSet

@@ -1,4 +1,5 @@
-"""How the engine sets up its DataLoaders: how many workers (``num_workers: auto``), pinned memory, prefetch.
+"""How the engine builds its DataLoaders: how many workers (``num_workers: auto``), pinned memory, prefetch,
+and whole-batch reads.
 
 ``auto`` asks the dataset. A dataset that decodes images when an item is read (RecordIO, identity
 folders, verification ``.bin`` files, CelebA) declares how many decode workers it wants with the
@@ -13,6 +14,11 @@ it is. Worker processes never change a sample: the samples are pure functions of
 the training flips are drawn in the loop from (seed, step), so batches are bitwise the same with
 any number of workers.
 
+A dataset may also read a whole batch at once: the optional method ``batch(indices) -> dict`` returns
+exactly what collating ``[dataset[i] for i in indices]`` would (bit for bit), built in one buffer
+(face readers: one float batch instead of one tensor per image plus a stacking copy). The training
+loader calls it when present.
+
 On CUDA the batches are pinned (``pin_memory``) so the loop's ``non_blocking`` copies overlap the
 step; with workers, they stay alive across epochs (``persistent_workers``) and each keeps
 ``PREFETCH_FACTOR`` batches ready.
@@ -23,6 +29,7 @@ import os
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 #: The most workers ``auto`` picks for one process, whatever the machine.
 MAX_AUTO_WORKERS = 16
@@ -80,3 +87,26 @@ def loader_settings(dataset: Any, setting: int | str, device: torch.device | str
     if workers > 0:
         settings.update(persistent_workers=persistent, prefetch_factor=PREFETCH_FACTOR)
     return settings
+
+
+class _WholeBatches:
+    """Indexed by a list of indices; returns the dataset's ``batch(indices)`` (DataLoader then adds nothing)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> Any:
+        return self.dataset.batch(indices)
+
+
+def train_loader(dataset: Any, batch_sampler: Any, setting: int | str, device: torch.device | str | None,
+                 generator: torch.Generator) -> DataLoader:
+    """The training DataLoader over ``batch_sampler``'s index lists (whole-batch reads when the dataset has them)."""
+    settings = loader_settings(dataset, setting, device)
+    if callable(getattr(dataset, "batch", None)):
+        return DataLoader(_WholeBatches(dataset), sampler=batch_sampler, batch_size=None, generator=generator,
+                          **settings)
+    return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, **settings)

@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Subset, default_collate
 
 from corecompress.config.options import parse_options
 from corecompress.config.recipe import TrainSection
-from corecompress.engine import loader_settings as settings_module
-from corecompress.engine.loader_settings import (
+from corecompress.engine import data_loaders as settings_module
+from corecompress.engine.data_loaders import (
     MAX_AUTO_WORKERS, PREFETCH_FACTOR, loader_settings, resolve_workers, wanted_workers,
 )
 from corecompress.engine.training import _batches
@@ -79,12 +79,13 @@ def test_recipe_num_workers_default_auto_and_integers() -> None:
 
 
 def test_two_workers_give_the_batches_of_none(tmp_path: Path) -> None:
-    """RecordIO JPEGs written by the project's writer, through the training loop's own loader."""
+    """RecordIO JPEGs written by the project's writer (20x20, resized to 16), through the training loop's
+    own loader: whole-batch reads in 2 workers equal those in this process and the collated samples."""
     from corecompress_facekit.data.formats.recordio import RecordIODataset, write_recordio
     from corecompress_facekit.datasets import FaceSamples
 
     rng = np.random.default_rng(5)
-    smooth = [np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((4, 4, 1))).astype(np.uint8) for _ in range(22)]
+    smooth = [np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((5, 5, 1))).astype(np.uint8) for _ in range(22)]
     write_recordio(tmp_path / "ds", smooth, [i % 5 for i in range(22)])
     dataset = FaceSamples(RecordIODataset(tmp_path / "ds"), size=16)
 
@@ -95,7 +96,9 @@ def test_two_workers_give_the_batches_of_none(tmp_path: Path) -> None:
 
     plain, parallel = first_batches(0), first_batches(2)
     for a, b in zip(plain, parallel):
-        assert a.keys() == b.keys()
+        collated = default_collate([dataset[int(i)] for i in a["index"]])  # what the per-sample path gives
+        assert a.keys() == b.keys() == collated.keys()
         for key in a:
-            assert torch.equal(a[key], b[key]), key
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], collated[key]), key
+            assert a[key].dtype == collated[key].dtype and a[key].stride() == collated[key].stride(), key
     assert not torch.equal(plain[0]["index"], plain[2]["index"])  # the epochs differ; the workers do not
