@@ -26,10 +26,13 @@ step; with workers, they stay alive across epochs (``persistent_workers``) and e
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+
+from corecompress.errors import UserError
 
 #: The most workers ``auto`` picks for one process, whatever the machine.
 MAX_AUTO_WORKERS = 16
@@ -110,3 +113,31 @@ def train_loader(dataset: Any, batch_sampler: Any, setting: int | str, device: t
         return DataLoader(_WholeBatches(dataset), sampler=batch_sampler, batch_size=None, generator=generator,
                           **settings)
     return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, **settings)
+
+
+def _as_raised(error: UserError) -> UserError:
+    """A user's error raised in a worker, as the worker raised it: PyTorch re-raises it in this process
+    with the worker's traceback as its message, which would print as many lines instead of one."""
+    text = str(error)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return error
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    cls = type(error)
+    message = last.split(f"{cls.__module__}.{cls.__qualname__}: ", 1)[-1]
+    try:
+        return cls(message)
+    except TypeError:  # a subclass with another constructor: keep the message, lose only the subclass
+        return UserError(message)
+
+
+def batches_of(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``loader``; a :class:`UserError` from a worker surfaces with its own one-line message."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except UserError as error:
+            raise _as_raised(error) from None
+        yield batch

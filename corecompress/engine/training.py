@@ -47,7 +47,7 @@ from corecompress.engine.checkpoint import (
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
-from corecompress.engine.data_loaders import train_loader
+from corecompress.engine.data_loaders import batches_of, train_loader
 from corecompress.config.recipe import TrainSection
 
 
@@ -292,7 +292,7 @@ def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, gl
     if world > 1:
         sampler = distributed.ShardedBatchSampler(sampler, rank, world)
     loader = train_loader(dataset, sampler, section.num_workers, device, torch.Generator().manual_seed(seed))
-    return iter(loader), lo, hi
+    return batches_of(loader), lo, hi
 
 
 def _begin(loop: _Loop, resumed: Checkpoint | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from corecompress.engine.data_loaders import loader_settings
+from corecompress.engine.data_loaders import batches_of, loader_settings
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from corecompress_facekit.datasets import AttributeSet, PairSet
@@ -29,7 +29,8 @@ def embed(model: torch.nn.Module, images: Dataset, batch_size: int, flip: bool,
     device = next(model.parameters()).device
     data = images if indices is None else Subset(images, indices.tolist())
     plain, flipped = [], []
-    for batch in DataLoader(data, batch_size=batch_size, **loader_settings(images, "auto", device, persistent=False)):
+    loader = DataLoader(data, batch_size=batch_size, **loader_settings(images, "auto", device, persistent=False))
+    for batch in batches_of(loader):
         x = batch["image"].to(device)
         plain.append(model(x).float().cpu())
         if flip:

@@ -16,7 +16,7 @@ from corecompress.engine.data_loaders import (
     MAX_AUTO_WORKERS, PREFETCH_FACTOR, loader_settings, resolve_workers, wanted_workers,
 )
 from corecompress.engine.training import _batches
-from corecompress.errors import RecipeError
+from corecompress.errors import DataFormatError, RecipeError
 
 
 class InMemory:
@@ -102,3 +102,18 @@ def test_two_workers_give_the_batches_of_none(tmp_path: Path) -> None:
             assert torch.equal(a[key], b[key]) and torch.equal(a[key], collated[key]), key
             assert a[key].dtype == collated[key].dtype and a[key].stride() == collated[key].stride(), key
     assert not torch.equal(plain[0]["index"], plain[2]["index"])  # the epochs differ; the workers do not
+
+
+class Damaged(Decoding):
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index == 3:
+            raise DataFormatError("set/train.rec: key 4: empty image payload")
+        return {"image": torch.zeros(2), "label": 0, "index": index}
+
+
+def test_a_users_error_in_a_worker_keeps_its_one_line() -> None:
+    section = TrainSection(steps=1, batch_size=4, num_workers=1)
+    batches, _lo, _hi = _batches(Damaged(), section, seed=0, start_step=0, global_batch=4, rank=0, world=1)
+    with pytest.raises(DataFormatError) as caught:
+        next(batches)
+    assert str(caught.value) == "set/train.rec: key 4: empty image payload"
