@@ -18,6 +18,14 @@ torch.set_num_threads(1)  # small ops; avoids oversubscription when tests spawn 
 collect_ignore_glob = ["example_plugin/*"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_root(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202
+    """Caches the tests write (teacher embeddings, RecordIO indexes) go to a session folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORECOMPRESS_CACHE", str(tmp_path_factory.mktemp("corecompress-cache")))
+        yield
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

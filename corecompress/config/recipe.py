@@ -110,7 +110,9 @@ class TrainSection:
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     checkpoint_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     log_every: int = 20
-    num_workers: int = 0
+    num_workers: int | Literal["auto"] = field(default="auto", metadata={
+        "help": "DataLoader worker processes; auto = decode workers for data that decodes images "
+                "(RecordIO, image folders), 0 for data held in memory (see docs/data_loading.md)"})
     augment: Literal["none", "flip"] = "flip"
     nonfinite: Literal["stop", "skip"] = field(default="stop", metadata={"help": "on a NaN/inf loss"})
 
@@ -125,7 +127,8 @@ class TrainSection:
         if self.clip_grad_norm is not None:
             check_range("clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, high_open=True)
         for name in ("eval_every", "checkpoint_every", "num_workers"):
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 0:
                 raise ValueError(f"{name}: must be at least 0")
         if self.log_every < 1:
             raise ValueError("log_every: must be at least 1")

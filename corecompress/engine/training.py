@@ -56,7 +56,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from corecompress.weights import write_tensors
-from torch.utils.data import DataLoader
 
 from corecompress.engine import distributed, precision, row_shards
 from corecompress.engine.artifacts import publish_objective
@@ -69,6 +68,7 @@ from corecompress.engine.checkpoint import (
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
+from corecompress.engine.data_loaders import batches_of, train_loader
 from corecompress.config.recipe import TrainSection
 
 
@@ -308,7 +308,7 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
 
         distributed.main_first(prepare)  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
-    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world)
+    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world, ctx.device)
     # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
     # share, so the average is the gradient of the global batch mean (exactly 1 for equal slices)
     share = (hi - lo) * world / global_batch
@@ -321,15 +321,17 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
 
 
 def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, global_batch: int, rank: int,
-             world: int) -> tuple[Iterator[dict[str, Any]], int, int]:
-    """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi)."""
+             world: int, device: torch.device | None = None) -> tuple[Iterator[dict[str, Any]], int, int]:
+    """The batches from ``start_step`` on (this rank's slice of each), and the slice's rows [lo, hi).
+
+    Workers (``num_workers``, ``auto`` by default), pinned memory on CUDA, prefetch and whole-batch reads
+    as :mod:`corecompress.engine.data_loaders` decides; the batches are the same with any worker count."""
     sampler: Any = EpochBatchSampler(len(dataset), section.batch_size, seed, start_batch=start_step)
     lo, hi = distributed.shard_bounds(global_batch, rank, world)
     if world > 1:
         sampler = distributed.ShardedBatchSampler(sampler, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=section.num_workers,
-                        persistent_workers=section.num_workers > 0, generator=torch.Generator().manual_seed(seed))
-    return iter(loader), lo, hi
+    loader = train_loader(dataset, sampler, section.num_workers, device, torch.Generator().manual_seed(seed))
+    return batches_of(loader), lo, hi
 
 
 def _begin(loop: _Loop, resumed: Checkpoint | None) -> None:

@@ -41,7 +41,12 @@ class ModelAdapter(Protocol):
 
 @runtime_checkable
 class Dataset(Protocol):
-    """Training data of dict samples (``image``, ``label``, optional ``attributes``) and named evaluation sets."""
+    """Training data of dict samples (``image``, ``label``, optional ``attributes``) and named evaluation sets.
+
+    Optional on the torch dataset ``train()`` returns (and on evaluation image sets), read by
+    :mod:`corecompress.engine.data_loaders`: ``decode_workers`` (int, DataLoader workers it wants under
+    ``num_workers: auto``; absent or 0 = samples in memory) and ``batch(indices) -> dict`` (the collated
+    samples, bit for bit, read at once)."""
 
     num_classes: int
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from corecompress.engine.data_loaders import batches_of, loader_settings
 from torch.utils.data import DataLoader
 
 
@@ -38,7 +39,8 @@ class Accuracy:
             if self.options.sets and name not in self.options.sets:
                 continue
             correct = total = 0
-            for batch in DataLoader(dataset, batch_size=self.options.batch_size):
+            settings = loader_settings(dataset, "auto", device, persistent=False)
+            for batch in batches_of(DataLoader(dataset, batch_size=self.options.batch_size, **settings)):
                 if not isinstance(batch, dict) or "label" not in batch:
                     break
                 pred = model(batch["image"].to(device)).argmax(1).cpu()

@@ -13,28 +13,35 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from corecompress.errors import UserError
 
 
-def _to_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
-    from corecompress_facekit.data.transforms import normalize_to_tensor
-
+def _prepared(image: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 HxWx3 at ``size``: grey repeated to RGB, resized when its height differs."""
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if size is not None and image.shape[0] != size:
         from corecompress_facekit.data.formats._images import resize_exact
 
         image = resize_exact(image, size)
-    return normalize_to_tensor(image)
+    return image
+
+
+def _to_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
+    from corecompress_facekit.data.transforms import normalize_to_tensor
+
+    return normalize_to_tensor(_prepared(image, size))
 
 
 class FaceSamples(Dataset):
     """Wraps a reader returning ``(uint8 image, label[, attributes])`` into normalised dict samples.
 
     ``cache=True`` keeps decoded/rendered images in memory after first use (synthetic faces are
-    rendered once, not every epoch).
+    rendered once, not every epoch). ``decode_workers`` (what ``num_workers: auto`` asks for) is the
+    source's: readers that decode images want workers, in-memory sources none. ``batch(indices)`` is
+    the collated batch of those samples, bit for bit, built in one buffer (the training loader's read).
     """
 
     def __init__(self, source: Any, size: int | None = None, cache: bool = False,
@@ -42,6 +49,10 @@ class FaceSamples(Dataset):
         self.source, self.size, self.cache = source, size, cache
         self._images: dict[int, torch.Tensor] = {}
         self.cache_identity = identity or f"{type(source).__name__}:{len(source)}:{size}"
+
+    @property
+    def decode_workers(self) -> int:
+        return int(getattr(self.source, "decode_workers", 0))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -57,6 +68,24 @@ class FaceSamples(Dataset):
         if len(item) > 2 and item[2] is not None:
             sample["attributes"] = torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
         return sample
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """``default_collate([self[i] for i in indices])``, without a tensor per image and a stacking copy."""
+        from corecompress_facekit.data.transforms import normalize_batch
+
+        if self.cache:  # the cached tensors are the samples
+            return default_collate([self[i] for i in indices])
+        items = [self.source[i] for i in indices]
+        has_attributes = {len(item) > 2 and item[2] is not None for item in items}
+        if len(has_attributes) > 1:  # a mix: collating refuses it, with its own message
+            return default_collate([self[i] for i in indices])
+        batch = {"image": normalize_batch([_prepared(np.asarray(item[0]), self.size) for item in items]),
+                 "label": torch.tensor([int(item[1]) for item in items], dtype=torch.int64),
+                 "index": torch.tensor([int(i) for i in indices], dtype=torch.int64)}
+        if has_attributes == {True}:
+            batch["attributes"] = torch.stack([torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
+                                               for item in items])
+        return batch
 
 
 @dataclass
@@ -78,10 +107,11 @@ class AttributeSet:
 
 
 class _Images(Dataset):
-    """A list of uint8 images as dict samples (for verification .bin / Olivetti sets)."""
+    """A list of uint8 images as dict samples (for verification .bin / Olivetti sets);
+    ``decode_workers``: workers ``num_workers: auto`` gives it (0: ``get`` reads memory)."""
 
-    def __init__(self, get: Callable[[int], np.ndarray], count: int, size: int | None) -> None:
-        self.get, self.count, self.size = get, count, size
+    def __init__(self, get: Callable[[int], np.ndarray], count: int, size: int | None, decode_workers: int = 0) -> None:
+        self.get, self.count, self.size, self.decode_workers = get, count, size, decode_workers
 
     def __len__(self) -> int:
         return self.count
@@ -101,7 +131,7 @@ def verification_bins(paths: Sequence[str], size: int | None) -> dict[str, PairS
         except (ValueError, FileNotFoundError) as exc:
             raise UserError(f"data.verification_bins: {str(exc).splitlines()[0]}") from None
         n = len(vp.issame)
-        images = _Images(vp.image, 2 * n, size)
+        images = _Images(vp.image, 2 * n, size, vp.decode_workers)
         sets[Path(p).stem] = PairSet(images, np.arange(2 * n).reshape(n, 2), np.asarray(vp.issame, bool))
     return sets
 
@@ -241,6 +271,9 @@ class RecordIOOptions:
     path: str = field(metadata={"help": "folder or prefix of train.rec/train.idx/property"})
     image_size: int = 112
     verification_bins: list[str] = field(default_factory=list, metadata={"help": "lfw.bin, cfp_fp.bin, ..."})
+    cache: bool = field(default=True, metadata={"help": "cache the parsed index and the labels of a large set"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "index/label cache folder; null = $CORECOMPRESS_CACHE/recordio or ~/.cache/corecompress/recordio"})
 
     def __post_init__(self) -> None:
         _check_image_size(self.image_size)
@@ -256,7 +289,7 @@ class RecordIOData:
 
         self.options = options
         try:
-            self._source = RecordIODataset(options.path)
+            self._source = RecordIODataset(options.path, cache=options.cache, cache_dir=options.cache_dir)
         except (ValueError, FileNotFoundError) as exc:
             raise UserError(f"data.path: {str(exc).splitlines()[0]}") from None
         self.num_classes = int(self._source.num_classes)
@@ -335,6 +368,7 @@ class CelebAData:
 class _CelebASamples(Dataset):
     def __init__(self, source: Any) -> None:
         self.source = source
+        self.decode_workers = int(getattr(source, "decode_workers", 0))
 
     def __len__(self) -> int:
         return len(self.source)

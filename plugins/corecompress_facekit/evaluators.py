@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from corecompress.engine.data_loaders import batches_of, loader_settings
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from corecompress_facekit.datasets import AttributeSet, PairSet
@@ -23,11 +24,13 @@ from corecompress_facekit.datasets import AttributeSet, PairSet
 @torch.no_grad()
 def embed(model: torch.nn.Module, images: Dataset, batch_size: int, flip: bool,
           indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Embeddings (and embeddings of the horizontally flipped images) of ``images``."""
+    """Embeddings (and embeddings of the horizontally flipped images) of ``images``; images that
+    are decoded when read (``.bin`` sets) are decoded by workers (``num_workers: auto`` rules)."""
     device = next(model.parameters()).device
     data = images if indices is None else Subset(images, indices.tolist())
     plain, flipped = [], []
-    for batch in DataLoader(data, batch_size=batch_size):
+    loader = DataLoader(data, batch_size=batch_size, **loader_settings(images, "auto", device, persistent=False))
+    for batch in batches_of(loader):
         x = batch["image"].to(device)
         plain.append(model(x).float().cpu())
         if flip:

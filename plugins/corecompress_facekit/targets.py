@@ -35,6 +35,7 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
+from corecompress.cache_dirs import cache_dir
 from corecompress.errors import UserError
 from corecompress_facekit.losses import as_embedding
 
@@ -62,8 +63,7 @@ class TeacherCacheOptions:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("CORECOMPRESS_CACHE")
-    return Path(root).expanduser() / "teacher" if root else Path.home() / ".cache" / "corecompress" / "teacher"
+    return cache_dir("teacher")
 
 
 def teacher_fingerprint(teacher: nn.Module) -> bytes:

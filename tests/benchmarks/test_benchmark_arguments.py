@@ -23,6 +23,7 @@ BENCHMARKS = REPO / "benchmarks"
 BAD = [
     ("adadistill_cost.py", ["--classes", "1"], "--classes"),
     ("chaos.py", ["--kills", "-1"], "--kills"),
+    ("data_pipeline.py", ["--workers", "0,-1"], "--workers"),
     ("ddp_throughput.py", ["--nproc", "1"], "--nproc"),
     ("distill_table.py", [str(REPO / "no-such-comparison")], "no-such-comparison"),
     ("dlib_oneshot.py", ["--sparsities", "0.2,1.0"], "--sparsities"),

@@ -14,6 +14,7 @@ from corecompress_facekit.data.transforms import (
     Resize,
     build_eval_transform,
     build_train_transform,
+    normalize_batch,
     normalize_to_tensor,
 )
 
@@ -37,6 +38,18 @@ def test_normalise_is_exact() -> None:
     torch.testing.assert_close(tensor[:, 1, 0], expected.float())  # channel order kept: R, G, B
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         normalize_to_tensor(image.astype(np.float32))
+
+
+def test_normalise_in_place_keeps_every_bit_of_the_formula() -> None:
+    """The in-place arithmetic gives what (x / 255 - 0.5) / 0.5 gives, for every uint8 value."""
+    image = np.random.default_rng(0).permutation(np.arange(112 * 112 * 3) % 256).astype(np.uint8).reshape(112, 112, 3)
+    reference = (torch.from_numpy(image).permute(2, 0, 1).to(torch.float32) / 255.0 - 0.5) / 0.5
+    assert torch.equal(normalize_to_tensor(image), reference)
+    images = [image, np.ascontiguousarray(image[::-1]), np.zeros_like(image)]
+    batch = normalize_batch(images)
+    assert batch.is_contiguous() and torch.equal(batch, torch.stack([normalize_to_tensor(im) for im in images]))
+    with pytest.raises(ValueError, match="share a size"):
+        normalize_batch([image, image[:64]])
 
 
 def test_flip_flips_and_is_seeded() -> None:

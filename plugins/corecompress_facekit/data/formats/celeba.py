@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._images import read_image_file, resize_shorter_then_center_crop
+from ._images import DECODE_WORKERS, read_image_file, resize_shorter_then_center_crop
 from .errors import DataFormatError
 
 __all__ = [
@@ -114,6 +114,8 @@ class CelebADataset:
     The image is resized (shorter side ``image_size``, bilinear) and centre-cropped, then passed to
     ``transform`` when given. Attributes are float32 so they feed BCE-with-logits directly.
     """
+
+    decode_workers = DECODE_WORKERS
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._images import read_image_file, resize_exact
+from ._images import DECODE_WORKERS, read_image_file, resize_exact
 from .errors import DataFormatError
 
 __all__ = ["IMAGE_EXTENSIONS", "IdentityFolderDataset", "scan_identity_folders"]
@@ -51,7 +51,10 @@ class IdentityFolderDataset:
 
     Images are decoded with PIL, converted to RGB (grey and RGBA are fine) and resized to
     ``image_size``x``image_size`` (bilinear) unless ``image_size`` is None; then ``transform`` if given.
+    Workers are safe: every read opens (and closes) its own file.
     """
+
+    decode_workers = DECODE_WORKERS
 
     def __init__(
         self,

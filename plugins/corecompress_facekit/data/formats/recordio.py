@@ -17,12 +17,15 @@ so the reader joins such parts exactly as dmlc does; any other use of the flag i
 
 Reading is safe with DataLoader workers: the ``.rec`` file is opened lazily in each process (the handle
 is re-opened after a fork and dropped when pickled), and reads use ``os.pread`` (no shared file offset).
+
+Start-up: the parsed index and the labels (read from the record headers by one vectorised gather over
+a memory map, :mod:`.recordio_labels`) are cached outside the data folder (:mod:`.recordio_cache`), so a
+second start of a multi-million-image set reads two small files instead of the whole index.
 """
 from __future__ import annotations
 
 import math
 import os
-import struct
 import threading
 from array import array
 from collections.abc import Callable
@@ -31,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from ._images import decode_image_bytes
+from ._images import DECODE_WORKERS, decode_image_bytes
 from .errors import DataFormatError
+from .recordio_cache import RecordIOCache, worth_caching
 from .recordio_format import (
     IMAGE_HEADER,
     LENGTH_BITS,
     LENGTH_MASK,
     MAGIC_BYTES,
-    MAX_CLASS_ID,
     RECORD_HEAD,
     RECORDIO_MAGIC,
     RecordHeader,
@@ -46,6 +49,7 @@ from .recordio_format import (
     parse_header,
     resolve_recordio_paths,
 )
+from .recordio_labels import gather_labels
 from .recordio_writer import write_recordio
 
 _INT64_MAX = 2**63 - 1
@@ -143,18 +147,29 @@ class RecordIODataset:
     decoded only when an item is read. ``labels`` reads only the record headers.
     Files without a meta record 0 (record 0 with flag > 0 and no image, as insightface writes it; e.g.
     sets packed by plain ``im2rec``) are read as "every key in the index is an image".
+    ``cache``: keep the parsed index and the labels of a large set in ``cache_dir`` (None: the default
+    folder of :mod:`.recordio_cache`, never the data folder); ``cache=False`` reads the set itself each time.
     """
+
+    decode_workers = DECODE_WORKERS  # images are decoded when read: DataLoader workers help
 
     def __init__(
         self,
         prefix_or_dir: str | os.PathLike[str],
         transform: Callable[[np.ndarray], Any] | None = None,
+        *,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.rec_path, self.idx_path, self.property_path = resolve_recordio_paths(prefix_or_dir)
         if not self.rec_path.is_file():
             raise FileNotFoundError(f"{self.rec_path}: RecordIO data file (.rec) not found")
+        if not self.idx_path.is_file():
+            raise FileNotFoundError(f"{self.idx_path}: RecordIO index (.idx) not found")
         self.transform = transform
-        self._keys, self._offsets = read_index(self.idx_path)
+        use_cache = cache and worth_caching(self.idx_path)
+        self._cache = RecordIOCache(self.rec_path, self.idx_path, cache_dir) if use_cache else None
+        self._keys, self._offsets = self._read_index()
         self._file_size = self.rec_path.stat().st_size
         past_end = np.nonzero(self._offsets > self._file_size - RECORD_HEAD.size)[0]  # no int64 overflow
         if past_end.size:
@@ -169,6 +184,15 @@ class RecordIODataset:
         self._lock = threading.Lock()
         self._labels: np.ndarray | None = None
         self._image_keys = self._find_image_keys()
+
+    def _read_index(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._cache.load("index", ("keys", "offsets")) if self._cache is not None else None
+        if cached is not None and cached["keys"].dtype == cached["offsets"].dtype == np.int64:
+            return cached["keys"], cached["offsets"]
+        keys, offsets = read_index(self.idx_path)
+        if self._cache is not None:
+            self._cache.store("index", {"keys": keys, "offsets": offsets})
+        return keys, offsets
 
     # ----------------------------------------------------------------- file access
     def _fd(self) -> int:
@@ -291,25 +315,24 @@ class RecordIODataset:
 
     @property
     def labels(self) -> np.ndarray:
-        """int64 identity label of every image, read from the headers only (cached)."""
+        """int64 identity label of every image, read from the headers only (kept, and cached on disk)."""
         if self._labels is None:
-            labels = np.empty(len(self), dtype=np.int64)
-            offsets = self._offsets[np.searchsorted(self._keys, self._image_keys)].tolist()
-            fast_head = struct.Struct("<IIIf")  # magic, lrec, flag, label: one pread per image
-            for index, (key, offset) in enumerate(zip(self._image_keys.tolist(), offsets)):
-                chunk = self._read_at(offset, fast_head.size)
-                if len(chunk) == fast_head.size:
-                    magic, lrec, flag, label = fast_head.unpack(chunk)
-                    if (magic == RECORDIO_MAGIC and lrec >> LENGTH_BITS == 0 and flag == 0 and math.isfinite(label)
-                            and 0 <= label <= MAX_CLASS_ID and label == int(label)
-                            and offset + 8 + (lrec & LENGTH_MASK) <= self._file_size
-                            and (lrec & LENGTH_MASK) >= IMAGE_HEADER.size):
-                        labels[index] = int(label)
-                        continue
-                # anything unusual (label arrays, multi-part, damage) takes the checked path
-                labels[index] = class_label(self.read_header(key), f"{self.rec_path}: key {key}")
-            self._labels = labels
+            cached = self._cache.load("labels", ("labels",)) if self._cache is not None else None
+            if cached is not None and cached["labels"].shape == (len(self),):
+                self._labels = cached["labels"].astype(np.int64)
+            else:
+                self._labels = self._read_labels()
+                if self._cache is not None:
+                    self._cache.store("labels", {"labels": self._labels.astype(np.int32)})  # class ids < 2^31
         return self._labels
+
+    def _read_labels(self) -> np.ndarray:
+        offsets = self._offsets[np.searchsorted(self._keys, self._image_keys)]
+        labels, to_check = gather_labels(self.rec_path, offsets)
+        for index in to_check.tolist():  # anything unusual (multi-part, damage) takes the checked path
+            key = int(self._image_keys[index])
+            labels[index] = class_label(self.read_header(key), f"{self.rec_path}: key {key}")
+        return labels
 
     @property
     def num_classes(self) -> int:

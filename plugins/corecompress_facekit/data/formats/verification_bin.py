@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._images import decode_image_bytes, encode_image
+from ._images import DECODE_WORKERS, decode_image_bytes, encode_image
 from .errors import DataFormatError
 from .safe_pickle import NUMPY_BYTE_ARRAYS, ForbiddenPickleError, restricted_loads
 
@@ -25,7 +25,10 @@ class VerificationPairs:
     """N image pairs with a same/different flag; images stay encoded until asked for.
 
     ``len(pairs)`` is N; ``pairs[i] -> (image_a, image_b, issame)`` with uint8 HxWx3 RGB images.
+    The encoded bytes are held in memory (no file handle), so workers and pickling are safe.
     """
+
+    decode_workers = DECODE_WORKERS
 
     def __init__(self, encoded_images: Sequence[bytes], issame: np.ndarray, source: str = "<memory>") -> None:
         if len(encoded_images) != 2 * len(issame):
