@@ -80,7 +80,7 @@ def fake_context(seed: int = 0, num_classes: int = 5, embedding_size: int = 16, 
                            model_spec=SimpleNamespace(embedding_size=embedding_size,
                                                       input_size=tuple(batches[0]["image"].shape[1:])),
                            log=logging.getLogger("corecompress.contract"), out_dir=out_dir,
-                           device=torch.device("cpu"), calibration=batches,
+                           device=torch.device("cpu"), precision="fp32", calibration=batches,
                            artifacts=ArtifactStore(out_dir, producers=producers), registry=registry)
 
 

@@ -28,26 +28,13 @@ from typing import Any, Sequence
 from corecompress import __version__
 from corecompress.config.loading import load_for_recipe
 from corecompress.errors import UserError
+from corecompress.tools.placement_args import add_placement_options
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 ONNX_TOLERANCE = 1e-4
-DEVICE_HELP = ("auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' (with --resume: the run continues "
-               "on this device)")
-PRECISION_HELP = ("auto, fp32, bf16 or fp16: overrides the recipe's 'precision:' (auto = bf16 on a GPU that has it, "
-                  "else fp32)")
-
-
-def add_placement_options(p: argparse.ArgumentParser, device_help: str = DEVICE_HELP,
-                          precision_help: str = PRECISION_HELP, device_default: str | None = None) -> None:
-    """``--device`` and ``--precision``: where and in which number format a command computes
-    (``run``, ``compare`` and ``export`` share them; None = the recipe's setting)."""
-    p.add_argument("--device", default=device_default, help=device_help)
-    p.add_argument("--precision", help=precision_help)
-
-
 def _one_line_warnings() -> None:
     def fmt(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
         return f"warning: {message}\n"

@@ -289,7 +289,7 @@ def add_compare_parser(subparsers: Any) -> None:
     p.add_argument("--metric", help="accuracy metric to plot (default: the first '*accuracy*' metric after pruning)")
     p.add_argument("--strict", action="store_true", help="a broken plugin is an error")
     p.add_argument("--quiet", action="store_true", help="no progress lines of the runs on stderr")
-    from corecompress.tools.cli import add_placement_options
+    from corecompress.tools.placement_args import add_placement_options
 
     add_placement_options(p, device_help="auto, cpu, cuda or cuda:N: overrides the recipe's 'device:' for every run",
                           precision_help="auto, fp32, bf16 or fp16: overrides the recipe's 'precision:' for every run")
