@@ -118,10 +118,16 @@ def plan(ctx: RunContext) -> Any:
             ctx.plan = PruningPlan.load(source)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{source}: not a readable pruning plan ({str(exc).splitlines()[0][:200]})") from None
+    elif p.budget is not None:
+        from corecompress.engine.budget_stage import plan_for_budget
+
+        ctx.plan = plan_for_budget(ctx, ctx.scores, _plan_meta(ctx))
     else:
         first = _round_sparsities(ctx)[0]  # = p.sparsity for one-shot pruning
         ctx.plan = _make_plan(ctx, ctx.scores, first)
     ctx.plan = _agree_on_plan(ctx, ctx.plan)
+    if "budget" in ctx.plan.meta:
+        ctx.metrics["budget"] = ctx.plan.meta["budget"]
     try:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
@@ -132,9 +138,13 @@ def plan(ctx: RunContext) -> Any:
 
 def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
     p = ctx.recipe.prune
-    return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction,
-                     meta={"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name},
+    return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction, meta=_plan_meta(ctx),
                      round_to=p.round_to)
+
+
+def _plan_meta(ctx: RunContext) -> dict[str, Any]:
+    p = ctx.recipe.prune
+    return {"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name}
 
 
 def _save_plan(ctx: RunContext, name: str, plan: PruningPlan) -> None:

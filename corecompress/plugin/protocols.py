@@ -52,7 +52,12 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class Importance(Protocol):
-    """Scores the units of prunable groups: ``{group name: (group.size,) tensor}``, higher = keep."""
+    """Scores the units of prunable groups: ``{group name: (group.size,) tensor}``, higher = keep.
+
+    Optional attribute ``comparable_across_groups`` (default False): True when one score means the
+    same in every group, so ``prune.budget`` with ``scope: global`` may rank all blocks together;
+    otherwise a budget is met with one uniform fraction per group (:mod:`corecompress.pruning.budget`).
+    """
 
     def score(self, model: nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]: ...
 
