@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.pruning.fused_norm import NormGatheredLinear, fused_pays
 from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.plan import PruningPlan
+
+#: ``PrunableGroup.meta`` key: the LayerNorm whose output only the group's gathered linear reads (a
+#: pre-norm block's norm1 / norm2), so the two may become one :class:`NormGatheredLinear`.
+GATHERED_NORM = "gathered_norm"
 
 
 class GatheredLinear(nn.Linear):
@@ -83,7 +88,22 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
         for path, attr, *per_unit in g.attributes:
             setattr(model.get_submodule(path), attr, len(keep) * (per_unit[0] if per_unit else 1))
     _fix_sizes(model)
+    for g in groups:
+        if g.name in plan.groups and g.meta.get(GATHERED_NORM) and len(g.gather_inputs) == 1:
+            _fuse_norm(model, g.meta[GATHERED_NORM], g.gather_inputs[0])
     return model
+
+
+def _fuse_norm(model: nn.Module, norm_path: str, linear_path: str) -> None:
+    """LayerNorm → GatheredLinear as one :class:`NormGatheredLinear`, where :func:`fused_pays`."""
+    norm, linear = model.get_submodule(norm_path), model.get_submodule(linear_path)
+    if not (isinstance(norm, nn.LayerNorm) and isinstance(linear, GatheredLinear) and norm.weight is not None
+            and fused_pays(linear.in_features, linear.in_total)):
+        return
+    fused = NormGatheredLinear(norm, linear, linear.input_index)
+    fused.train(linear.training)
+    _replace_module(model, linear_path, fused)
+    _replace_module(model, norm_path, nn.Identity())
 
 
 def _gather_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:

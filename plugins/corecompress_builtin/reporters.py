@@ -1,12 +1,26 @@
 """``markdown``: report.md with the before/after table, the plan summary and plugin sections."""
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from corecompress.engine.rundir import atomic_write_bytes
 
+from corecompress_builtin.report_plot import draw_summary
 
-def _fmt(value: Any) -> str:
+
+def nan_reason(key: str) -> str:
+    """What a ``nan`` metric means, by its name: a TAR/VAL at a FAR needs enough impostor pairs."""
+    far = re.search(r"@far([0-9.e+-]+)$", key)
+    if far:
+        return f"n/a (too few impostor pairs for FAR {far.group(1)})"
+    return "n/a (not computable on this data)"
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return nan_reason(key)
     if isinstance(value, float):
         if abs(value) >= 1e6:
             return f"{value / 1e6:.3f} M"
@@ -21,8 +35,23 @@ def metrics_table(phases: dict[str, dict[str, Any]]) -> list[str]:
     keys = list(dict.fromkeys(k for values in phases.values() for k in values))
     lines = ["| metric | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(_fmt(values.get(k, "–")) for values in phases.values()) + " |")
+        lines.append(f"| {k} | " + " | ".join(_fmt(values.get(k, "–"), k) for values in phases.values()) + " |")
     return lines
+
+
+def budget_line(metrics: dict[str, Any]) -> str:
+    """Requested and achieved budget; for latency the predicted and the measured speed-up."""
+    b = metrics["budget"]
+    line = (f"- budget: {b['metric']} {b['requested']:g} of the dense model requested, {b['achieved']:.3f} achieved "
+            f"({b['allocation']} allocation, tolerance {b['tolerance']:g})")
+    if b.get("predicted_speedup") is None:
+        return line
+    key = f"efficiency/speedup_vs_dense_b{b['batch_size']}"
+    measured = [(phase, metrics[phase][key]) for phase in ("after", "pruned") if key in (metrics.get(phase) or {})]
+    shown = (f"measured {measured[0][1]:.2f}× ({measured[0][0]}, interleaved with the dense model)" if measured
+             else f"measured: n/a (add the efficiency evaluator with batch size {b['batch_size']})")
+    return (line + f"; predicted speed-up {b['predicted_speedup']:.2f}× at batch {b['batch_size']}, "
+            f"{b['threads']} threads on {b['device']}, {shown}")
 
 
 class MarkdownReporter:
@@ -36,17 +65,23 @@ class MarkdownReporter:
         lines += [f"- model: `{r.model.name}`, data: `{r.data.name}`, seed: {r.seed}"]
         if r.prune is not None:
             applied = r.prune.apply.name
-            lines.append(f"- pruning: `{r.prune.importance.name}` at sparsity {r.prune.sparsity} "
+            amount = (f"to a {r.prune.budget.metric} budget of {r.prune.budget.fraction:g}" if r.prune.budget is not None
+                      else f"at sparsity {r.prune.sparsity}")
+            lines.append(f"- pruning: `{r.prune.importance.name}` {amount} "
                          f"({r.prune.scope}, targets {', '.join(r.prune.targets)}), applied as **{applied}**"
                          + (" — a masked model has the dense model's size and speed" if applied == "mask" else ""))
         if run.plan is not None:
             lines.append(f"- units removed: {100 * run.plan.unit_ratio():.1f} % of {sum(g.size for g in run.plan.groups.values())}"
                          f" in {len(run.plan.groups)} groups (plan.json)")
+        if run.metrics.get("budget"):
+            lines.append(budget_line(run.metrics))
         lines.append("")
         labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
         phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}
         if phases:
+            budget = run.metrics.get("budget") or {}
             lines += ["## Results", ""] + metrics_table(phases) + [""]
+            lines += [draw_summary(run.metrics, run.out_dir, budget.get("batch_size")), ""]
         for phase in ("train", "retrain"):
             if phase in run.metrics:
                 m = run.metrics[phase]
