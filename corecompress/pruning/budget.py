@@ -16,8 +16,9 @@ How (the choice, and why): every candidate plan is costed *whole* by a cost mode
 - every other importance — plan(t) ranks within each group and removes the same fraction t of every
   group (FACES' uniform per-block rule, Lajić et al., ICT Express 2026).
 
-plan(t) only shrinks as t grows, so bisection over t finds the least pruning that meets the budget in
-a few dozen cost evaluations; then the units that the next-larger plan keeps are added back group by
+plan(t) only shrinks as t grows and changes only where a kept count floor(n·(1 − t)) steps, so
+bisection over those levels finds the least pruning that meets the budget in about a dozen cost
+evaluations; then the units that the next-larger plan keeps are added back group by
 group while the budget still holds (most important first, or in group order), which closes most of
 the gap that a uniform step leaves. Why not a greedy per-unit allocation by importance per unit
 cost: the cost of a unit is not its own — removing a channel saves less once heads are gone, and
@@ -38,8 +39,6 @@ from corecompress.pruning.plan_cost import PlanCost
 
 #: The highest removal level tried (make_plan takes sparsities below 1; every group is at its floor).
 MAX_LEVEL = 1.0 - 1e-9
-#: Bisection steps over the removal level: plans change at most once per 1/size, far coarser than 2^-30.
-BISECTION_STEPS = 30
 
 
 class BudgetUnreachable(ValueError):
@@ -77,10 +76,11 @@ def plan_to_budget(scores: dict[str, torch.Tensor], groups: list[PrunableGroup],
         evaluations[0] += 1
         return cost(plan)
 
-    best = plan_at(0.0)
+    levels = change_levels(groups, scores, comparable)
+    best = plan_at(levels[0])
     if costs(best) > limit:
-        low, high = 0.0, MAX_LEVEL   # cost(plan_at(low)) > limit ≥ cost(plan_at(high)), once checked
-        best = plan_at(high)
+        low, high = 0, len(levels) - 1   # cost(plan_at(levels[low])) > limit ≥ cost(plan_at(levels[high])), once checked
+        best = plan_at(levels[high])
         smallest = costs(best)
         if smallest > limit:
             raise BudgetUnreachable(
@@ -88,10 +88,10 @@ def plan_to_budget(scores: dict[str, torch.Tensor], groups: list[PrunableGroup],
                 f"keeps {smallest / cost.dense:.3f} of the dense model's {request.metric} (each group keeps at least "
                 f"min_keep units{', min_keep_fraction' if comparable else ''}{', round_to' if round_to > 1 else ''}; "
                 f"groups the importance does not score are kept whole; prune more targets or raise the budget)")
-        richer = plan_at(low)
-        for _ in range(BISECTION_STEPS):
-            middle = (low + high) / 2
-            candidate = plan_at(middle)
+        richer = plan_at(levels[low])
+        while high - low > 1:
+            middle = (low + high) // 2
+            candidate = plan_at(levels[middle])
             if costs(candidate) <= limit:
                 high, best = middle, candidate
             else:
@@ -105,6 +105,18 @@ def plan_to_budget(scores: dict[str, torch.Tensor], groups: list[PrunableGroup],
     if round_to > 1:
         best.meta["round_to"] = round_to
     return best
+
+
+def change_levels(groups: list[PrunableGroup], scores: dict[str, torch.Tensor], comparable: bool) -> list[float]:
+    """Every removal level at which plan(t) changes, ascending from 0 to :data:`MAX_LEVEL`: a kept
+    count floor(n·(1 − t)) steps at t = 1 − k/n, for n a group's size (uniform) or a kind's total
+    (global allocation) — so bisection over this list sees every distinct plan, in log₂ of its length."""
+    scored = [g for g in groups if g.name in scores]
+    if comparable:
+        totals = {sum(g.size for g in scored if g.kind == kind) for kind in {g.kind for g in scored}}
+    else:
+        totals = {g.size for g in scored}
+    return sorted({0.0, MAX_LEVEL} | {1.0 - k / n for n in totals for k in range(1, n)})
 
 
 def _add_back(plan: PruningPlan, richer: PruningPlan, scores: dict[str, torch.Tensor], comparable: bool,

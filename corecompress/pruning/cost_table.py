@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from corecompress.pruning.groups import PrunableGroup
-from corecompress.pruning.physical import apply_physical
+from corecompress.pruning.physical import GATHERED_NORM, apply_physical
 from corecompress.pruning.plan import GroupPlan, PruningPlan
 
 TABLE_FORMAT = "corecompress-cost-table"
@@ -109,11 +109,14 @@ def _relative_group(group: PrunableGroup) -> PrunableGroup | None:
     slices = tuple(dataclasses.replace(sl, tensor=inside(sl.tensor)) for sl in group.slices)
     gathers = tuple(inside(p) for p in group.gather_inputs)
     attributes = tuple((inside(a[0]), *a[1:]) for a in group.attributes)
-    paths = [s.tensor for s in slices] + list(gathers) + [a[0] for a in attributes]
+    meta = dict(group.meta)
+    if GATHERED_NORM in meta:
+        meta[GATHERED_NORM] = inside(meta[GATHERED_NORM])
+    paths = [s.tensor for s in slices] + list(gathers) + [a[0] for a in attributes] + [meta.get(GATHERED_NORM, "")]
     if not group.block or any(p is None for p in paths) or any(not s.tensor for s in slices):
         return None
-    return dataclasses.replace(group, name=relative_name(group), slices=slices,
-                               gather_inputs=gathers, attributes=attributes, scale=None)
+    return dataclasses.replace(group, name=relative_name(group), slices=slices, gather_inputs=gathers,
+                               attributes=attributes, scale=None, meta=meta)
 
 
 def sampled_widths(group: PrunableGroup) -> list[int]:

@@ -12,26 +12,18 @@ The variance is E[x²] − E[x]² in float32 (one pass); that is exact to float3
 token's mean is not much larger than its spread (what LayerNorm inputs in pre-norm blocks are),
 and masked ≡ physical is tested at rel. err ≤ 1e-5.
 
-Where it pays (``benchmarks/fused_norm_gather.py``: interleaved, batch 32, 1 thread, 2-core CPU):
-only at narrow widths of narrow models; :func:`fused_pays` is that rule, and physical removal uses
-the fused module only where it holds.
+Where it pays (``benchmarks/fused_norm_gather.py``; 2-core CPU shared with other jobs, batch 32, 1
+thread): the branch alone (LayerNorm → gather → Linear) was 3–16 % faster fused at C ≤ 128 with at most
+half the channels kept, and 6–21 % slower at C = 96 with 50 % kept on Swin-T's 25 k tokens or C = 768;
+whole SwinFace-nano models FACES-pruned at 25 / 50 / 75 % ran at 0.89 / 1.00 / 0.95 × the gathered form.
+It never paid in a whole model, so physical removal keeps LayerNorm + gather by default and the fused
+module is opt-in (``apply_physical(..., fuse_norms=True)``), to be measured again on a quiet machine.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-#: :func:`fused_pays`: the fused module is used when at most this fraction of C is kept ...
-FUSED_MAX_KEPT_FRACTION = 0.5
-#: ... and C is at most this (at C = 768 the separate LayerNorm kernel is faster).
-FUSED_MAX_CHANNELS = 128
-
-
-def fused_pays(kept: int, total: int) -> bool:
-    """Whether :class:`NormGatheredLinear` was measured faster than LayerNorm + gather at this width."""
-    return total <= FUSED_MAX_CHANNELS and kept <= FUSED_MAX_KEPT_FRACTION * total
-
 
 class NormGatheredLinear(nn.Module):
     """``Linear(LayerNorm(x)[..., index])`` over the last dimension, normalising only the kept channels."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corecompress.pruning.fused_norm import NormGatheredLinear, fused_pays
+from corecompress.pruning.fused_norm import NormGatheredLinear
 from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.plan import PruningPlan
 
@@ -69,8 +69,14 @@ def _fix_sizes(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan) -> nn.Module:
-    """Remove the planned units from ``model`` in place and return it."""
+def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan,
+                   fuse_norms: bool = False) -> nn.Module:
+    """Remove the planned units from ``model`` in place and return it.
+
+    ``fuse_norms``: a gathered linear and the LayerNorm that only it reads become one
+    :class:`~corecompress.pruning.fused_norm.NormGatheredLinear` (opt-in: it was not measured faster in
+    a whole model; see that module). Reloading such a model needs the same flag.
+    """
     plan.check(groups)
     for g in groups:
         if g.name not in plan.groups:
@@ -88,17 +94,16 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
         for path, attr, *per_unit in g.attributes:
             setattr(model.get_submodule(path), attr, len(keep) * (per_unit[0] if per_unit else 1))
     _fix_sizes(model)
-    for g in groups:
+    for g in groups if fuse_norms else ():
         if g.name in plan.groups and g.meta.get(GATHERED_NORM) and len(g.gather_inputs) == 1:
             _fuse_norm(model, g.meta[GATHERED_NORM], g.gather_inputs[0])
     return model
 
 
 def _fuse_norm(model: nn.Module, norm_path: str, linear_path: str) -> None:
-    """LayerNorm → GatheredLinear as one :class:`NormGatheredLinear`, where :func:`fused_pays`."""
+    """LayerNorm → GatheredLinear as one :class:`NormGatheredLinear` (where the linear gathers at all)."""
     norm, linear = model.get_submodule(norm_path), model.get_submodule(linear_path)
-    if not (isinstance(norm, nn.LayerNorm) and isinstance(linear, GatheredLinear) and norm.weight is not None
-            and fused_pays(linear.in_features, linear.in_total)):
+    if not (isinstance(norm, nn.LayerNorm) and isinstance(linear, GatheredLinear) and norm.weight is not None):
         return
     fused = NormGatheredLinear(norm, linear, linear.input_index)
     fused.train(linear.training)

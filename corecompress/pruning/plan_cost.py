@@ -5,8 +5,7 @@ model answers ``cost(plan)`` for the whole plan — interactions included (a qkv
 head pruning and columns to FACES channel pruning at once) — without touching the real model:
 
 - :class:`ParameterCost`: exact and instant — every tensor a group slices loses the sliced rows or
-  columns (and a LayerNorm fused with its gathered linear keeps only the kept channels' scales); the
-  stored parameter count of the physically pruned model (what ``count_parameters`` says).
+  columns; the stored parameter count of the physically pruned model (what ``count_parameters`` says).
 - :class:`MacCost`: exact — the plan is applied physically to a copy of the model on PyTorch's
   ``meta`` device (shapes only, no memory, no arithmetic) and counted with FlopCounterMode, as the
   ``efficiency`` evaluator counts (attention products included).
@@ -21,9 +20,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from corecompress.pruning.fused_norm import fused_pays
-from corecompress.pruning.groups import PrunableGroup, Slice
-from corecompress.pruning.physical import GATHERED_NORM, apply_physical
+from corecompress.pruning.groups import PrunableGroup
+from corecompress.pruning.physical import apply_physical
 from corecompress.pruning.plan import PruningPlan
 
 
@@ -42,8 +40,6 @@ class ParameterCost:
         self.shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
         self.groups = groups
         self.dense = float(sum(math.prod(s) for s in self.shapes.values()))
-        self.fusable = {g.name: _norm_slices(model, g.meta[GATHERED_NORM]) for g in groups
-                        if g.meta.get(GATHERED_NORM) and isinstance(_module(model, g.meta[GATHERED_NORM]), nn.LayerNorm)}
 
     def __call__(self, plan: PruningPlan) -> float:
         lengths: dict[str, list[int]] = {}
@@ -51,26 +47,11 @@ class ParameterCost:
             gp = plan.groups.get(g.name)
             if gp is None or gp.removed == 0:
                 continue
-            slices = list(g.slices)
-            if g.name in self.fusable and fused_pays(len(gp.keep), g.size):  # the norm keeps only k scales too
-                slices += self.fusable[g.name]
-            for sl in slices:
+            for sl in g.slices:
                 if sl.tensor in self.shapes:
                     dims = lengths.setdefault(sl.tensor, list(self.shapes[sl.tensor]))
                     dims[sl.dim] -= gp.removed * sl.width * len(sl.offsets)
         return self.dense - sum(math.prod(self.shapes[t]) - math.prod(dims) for t, dims in lengths.items())
-
-
-def _module(model: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def _norm_slices(model: nn.Module, path: str) -> list[Slice]:
-    """The LayerNorm's scale and shift, which a fused :class:`NormGatheredLinear` keeps per kept channel."""
-    return [Slice(f"{path}.{name}", 0) for name, p in _module(model, path).named_parameters(recurse=False)]
 
 
 class MacCost:

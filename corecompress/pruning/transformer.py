@@ -19,8 +19,8 @@ def block_groups(block: str, *, dim: int, num_heads: int, head_dim: int, hidden:
     """Groups of one block at module path ``block``.
 
     - ``channels`` (FACES): the C input columns of qkv (scored by norm1.γ) and of fc1 (norm2.γ); the
-      norms still normalise over all C; physical removal gathers the kept channels (where it pays,
-      in one module with the norm, :mod:`corecompress.pruning.fused_norm`: the norm feeds only that linear).
+      norms still normalise over all C; physical removal gathers the kept channels (or, opt-in, in one
+      module with the norm, :mod:`corecompress.pruning.fused_norm`: the norm feeds only that linear).
     - ``heads``: q, k, v rows (+ biases) of a head, its proj input columns and its relative-position
       bias column; ``num_heads`` follows.
     - ``neurons``: fc1 rows + bias and fc2 input columns.

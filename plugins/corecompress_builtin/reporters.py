@@ -51,7 +51,7 @@ def budget_line(metrics: dict[str, Any]) -> str:
     shown = (f"measured {measured[0][1]:.2f}× ({measured[0][0]}, interleaved with the dense model)" if measured
              else f"measured: n/a (add the efficiency evaluator with batch size {b['batch_size']})")
     return (line + f"; predicted speed-up {b['predicted_speedup']:.2f}× at batch {b['batch_size']}, "
-            f"{b['threads']} threads on {b['device']}, {shown}")
+            f"{b['threads']} thread{'' if b['threads'] == 1 else 's'} on {b['device']}, {shown}")
 
 
 class MarkdownReporter:
@@ -93,7 +93,8 @@ class MarkdownReporter:
             for title, body in section or []:
                 lines += ["", f"## {title}", "", body]
         lines += ["", "Files: recipe.resolved.json, versions.json, metrics.json, plan.json (if pruned), "
-                  "model.safetensors + architecture.json (reload with `corecompress.load(dir)`), log.txt.", ""]
+                  "model.safetensors + architecture.json (reload with `corecompress.load(dir)`), log.txt; report.png (the "
+                  "plot) and cost_table.json (latency budgets) where written.", ""]
         atomic_write_bytes(run.out_dir / "report.md", "\n".join(lines).encode())
 
 
