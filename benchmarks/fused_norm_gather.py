@@ -15,7 +15,7 @@ import copy
 import platform
 
 import torch
-from cli_args import count, float_list, name_list, repeats
+from cli_args import add_timing_options, float_list, name_list
 
 from corecompress.plugin.loading import load_plugins
 from corecompress.pruning import make_plan
@@ -27,9 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", type=name_list(("nano", "swin_t", "micro")), default=["nano", "swin_t"])
     ap.add_argument("--sparsities", type=float_list(0.0, 1.0), default=[0.5, 0.75])
-    ap.add_argument("--threads", type=count(1), default=1)
-    ap.add_argument("--batch", type=count(1), default=32)
-    ap.add_argument("--repeats", type=repeats, default=10)
+    add_timing_options(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reg = load_plugins().registry
