@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from corecompress.engine import distributed
 from corecompress.errors import UserError
 from corecompress.pruning.budget import BudgetRequest, BudgetUnreachable, plan_to_budget
 from corecompress.pruning.cost_table import LatencyCost, load_or_measure, measure_cost_table
@@ -40,7 +41,8 @@ def cost_model(ctx: Any) -> PlanCost:
         return measure_cost_table(ctx.model, ctx.groups, tuple(ctx.model_spec.input_size), budget.batch_size, key,
                                   repeats=budget.repeats, log=ctx.log.info)
 
-    table = load_or_measure(ctx.out_dir / COST_TABLE_FILE, key, measure, log=ctx.log.info)
+    table = load_or_measure(ctx.out_dir / COST_TABLE_FILE, key, measure, log=ctx.log.info,
+                            write=distributed.is_main())  # every rank measures its device; rank 0's plan is used
     return LatencyCost(table, ctx.groups)
 
 

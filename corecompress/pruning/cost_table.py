@@ -209,8 +209,9 @@ def measure_cost_table(model: nn.Module, groups: list[PrunableGroup], input_size
 
 
 def load_or_measure(path: Path, key: dict[str, Any], measure: Callable[[], CostTable],
-                    log: Callable[[str], None] | None = None) -> CostTable:
-    """The table cached at ``path`` when its key equals ``key``; otherwise measured and written there."""
+                    log: Callable[[str], None] | None = None, write: bool = True) -> CostTable:
+    """The table cached at ``path`` when its key equals ``key``; otherwise measured (and written there,
+    unless ``write`` is False: under torchrun only rank 0 writes the run directory)."""
     if path.is_file():
         try:
             table = CostTable.from_dict(json.loads(path.read_text()))
@@ -224,5 +225,6 @@ def load_or_measure(path: Path, key: dict[str, Any], measure: Callable[[], CostT
             if log is not None:
                 log(f"cost table: {path} is unreadable; measuring again")
     table = measure()
-    path.write_text(json.dumps(table.to_dict(), indent=1))
+    if write:
+        path.write_text(json.dumps(table.to_dict(), indent=1))
     return table
