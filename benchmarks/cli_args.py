@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 __all__ = ["count", "repeats", "number", "fraction", "float_list", "name_list", "letters", "directory",
-           "data_folder"]
+           "data_folder", "add_timing_options"]
 
 
 def _int(text: str) -> int:
@@ -164,3 +164,10 @@ def data_folder(*required: str) -> Callable[[str], Path]:
 
     parse.__name__ = "data_folder"
     return parse
+
+
+def add_timing_options(parser: argparse.ArgumentParser, threads: int = 1, batch: int = 32) -> None:
+    """``--threads``, ``--batch`` and ``--repeats`` of an interleaved throughput measurement."""
+    parser.add_argument("--threads", type=count(1), default=threads)
+    parser.add_argument("--batch", type=count(1), default=batch)
+    parser.add_argument("--repeats", type=repeats, default=10)

@@ -135,9 +135,54 @@ class TrainSection:
 
 
 @dataclass
+class BudgetSection:
+    """``prune.budget``: the fraction of the dense model to keep — one of params, macs, latency."""
+
+    params: float | None = field(default=None, metadata={"help": "keep at most this fraction of the parameters"})
+    macs: float | None = field(default=None, metadata={"help": "keep at most this fraction of the MACs per image"})
+    latency: float | None = field(default=None, metadata={
+        "help": "keep at most this fraction of the dense model's latency on the run's device (a measured cost table)"})
+    batch_size: int = field(default=32, metadata={"help": "latency: the batch size it is measured at"})
+    tolerance: float = field(default=0.02, metadata={
+        "help": "how far below the budget the plan may end (coarser units are reported, not refused)"})
+    repeats: int = field(default=10, metadata={"help": "latency: timed runs per cost-table entry (≥ 10)"})
+
+    def __post_init__(self) -> None:
+        given = [name for name in BUDGET_METRICS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(BUDGET_METRICS)} (the fraction of the dense model to "
+                             f"keep), got {', '.join(given) or 'none'}")
+        check_range(given[0], getattr(self, given[0]), 0.0, 1.0)
+        if getattr(self, given[0]) == 0.0:
+            raise ValueError(f"{given[0]}: must be above 0 (the fraction of the dense model to keep)")
+        if not 1 <= self.batch_size <= 65536:
+            raise ValueError(f"batch_size: must be in [1, 65536], got {self.batch_size}")
+        check_range("tolerance", self.tolerance, 0.0, 1.0)
+        if self.repeats < 10:
+            raise ValueError(f"repeats: must be at least 10 (the median of at least 10 runs), got {self.repeats}")
+
+    @property
+    def metric(self) -> str:
+        return next(name for name in BUDGET_METRICS if getattr(self, name) is not None)
+
+    @property
+    def fraction(self) -> float:
+        return float(getattr(self, self.metric))
+
+
+BUDGET_METRICS = ("params", "macs", "latency")
+DEFAULT_SPARSITY = 0.5
+
+
+@dataclass
 class PruneSection:
     importance: Any = choice("importance", "l1", "how units are scored")
-    sparsity: float = field(default=0.5, metadata={"help": "fraction of units REMOVED, relative to the original model"})
+    sparsity: float | None = field(default=None, metadata={
+        "help": f"fraction of units REMOVED, relative to the original model (default {DEFAULT_SPARSITY}; "
+                "not with budget)"})
+    budget: BudgetSection | None = field(default=None, metadata={
+        "help": "instead of sparsity: {params: F}, {macs: F} or {latency: F, batch_size: B}, the fraction of the "
+                "dense model to keep; the planner finds the plan (docs: corecompress.pruning.budget)"})
     targets: list[str] = field(default_factory=lambda: ["channels"],
                                metadata={"help": "group kinds to prune (channels, heads, neurons, filters)"})
     scope: Literal["local", "global"] = "local"
@@ -160,7 +205,16 @@ class PruneSection:
                 "model agree (rel. err <= 1e-5); a group that breaks this stops the run naming it"})
 
     def __post_init__(self) -> None:
-        check_range("sparsity", self.sparsity, 0.0, 1.0, high_open=True)
+        if self.budget is not None and self.sparsity is not None:
+            raise ValueError("budget: give sparsity or budget, not both (budget plans the sparsity itself)")
+        if self.budget is not None and self.rounds > 1:
+            raise ValueError("budget: a budget is planned one-shot; gradual pruning (rounds > 1) takes prune.sparsity")
+        if self.budget is not None and self.plan is not None:
+            raise ValueError("budget: a fixed plan has no budget to meet; drop plan or budget")
+        if self.budget is None and self.sparsity is None:
+            self.sparsity = DEFAULT_SPARSITY
+        if self.sparsity is not None:
+            check_range("sparsity", self.sparsity, 0.0, 1.0, high_open=True)
         if not 1 <= self.rounds <= 10_000:
             raise ValueError(f"rounds: must be in [1, 10000], got {self.rounds}")
         if not 0.0 < self.ramp_fraction < 1.0:

@@ -26,7 +26,7 @@ def default_run_dir(base: str | Path, name: str) -> Path:
 #: ``--force`` replaces only such folders.
 RUN_ENTRIES: tuple[str, ...] = (
     STATUS_FILE, "recipe.resolved.json", "versions.json", "plan.json", "plan.round*.json", "metrics.json",
-    "report.md", "*.safetensors", "architecture.json", "model.onnx", "log.txt",
+    "report.md", "report.png", "cost_table.json", "*.safetensors", "architecture.json", "model.onnx", "log.txt",
     "checkpoints", "traceback.txt", ".*.tmp",
 )
 #: Files only a run directory has: both present = a corecompress run.

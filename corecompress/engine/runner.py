@@ -138,10 +138,16 @@ def plan(ctx: RunContext) -> Any:
             ctx.plan = PruningPlan.load(source)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{source}: not a readable pruning plan ({str(exc).splitlines()[0][:200]})") from None
+    elif p.budget is not None:
+        from corecompress.engine.budget_stage import plan_for_budget
+
+        ctx.plan = plan_for_budget(ctx, ctx.scores, _plan_meta(ctx))
     else:
         first = _round_sparsities(ctx)[0]  # = p.sparsity for one-shot pruning
         ctx.plan = _make_plan(ctx, ctx.scores, first)
     ctx.plan = _agree_on_plan(ctx, ctx.plan)
+    if "budget" in ctx.plan.meta:
+        ctx.metrics["budget"] = ctx.plan.meta["budget"]
     try:
         ctx.plan.check(ctx.groups)
     except ValueError as exc:
@@ -165,13 +171,18 @@ def _verify_plan(ctx: RunContext, plan: PruningPlan) -> None:
 
 def _make_plan(ctx: RunContext, scores: dict[str, torch.Tensor], sparsity: float) -> PruningPlan:
     p = ctx.recipe.prune
-    meta = {"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name}
+    meta = _plan_meta(ctx)
     if ctx.metrics.get("unpruned_groups"):
         meta["unpruned_groups"] = ctx.metrics["unpruned_groups"]
     try:
         return make_plan(scores, ctx.groups, sparsity, p.scope, p.min_keep_fraction, meta=meta, round_to=p.round_to)
     except ValueError as exc:  # scores are checked when made; this is the last line of defence
         raise UserError(f"prune: importance '{p.importance.name}': {exc}") from None
+
+
+def _plan_meta(ctx: RunContext) -> dict[str, Any]:
+    p = ctx.recipe.prune
+    return {"importance": p.importance.name, "targets": list(p.targets), "model": ctx.recipe.model.name}
 
 
 def _save_plan(ctx: RunContext, name: str, plan: PruningPlan) -> None:

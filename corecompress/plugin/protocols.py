@@ -61,7 +61,12 @@ class Importance(Protocol):
     higher = keep, one entry per group — unless the importance was registered with
     ``declines_groups=True``: then groups it leaves out stay unpruned, and its optional ``declined``
     attribute (``{group name: reason}``) says why in the log and the report. Every scoring is checked
-    (:func:`corecompress.engine.preflight.check_scores`)."""
+    (:func:`corecompress.engine.preflight.check_scores`).
+
+    Optional attribute ``comparable_across_groups`` (default False): True when one score means the
+    same in every group, so ``prune.budget`` with ``scope: global`` may rank all blocks together;
+    otherwise a budget is met with one uniform fraction per group (:mod:`corecompress.pruning.budget`).
+    """
 
     def score(self, model: nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]: ...
 

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corecompress.pruning.fused_norm import NormGatheredLinear
 from corecompress.pruning.groups import PrunableGroup
 from corecompress.pruning.plan import PruningPlan
+
+#: ``PrunableGroup.meta`` key: the LayerNorm whose output only the group's gathered linear reads (a
+#: pre-norm block's norm1 / norm2), so the two may become one :class:`NormGatheredLinear`.
+GATHERED_NORM = "gathered_norm"
 
 
 class GatheredLinear(nn.Linear):
@@ -82,8 +87,14 @@ def _fix_sizes(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan) -> nn.Module:
-    """Remove the planned units from ``model`` in place and return it."""
+def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningPlan,
+                   fuse_norms: bool = False) -> nn.Module:
+    """Remove the planned units from ``model`` in place and return it.
+
+    ``fuse_norms``: a gathered linear and the LayerNorm that only it reads become one
+    :class:`~corecompress.pruning.fused_norm.NormGatheredLinear` (opt-in: it was not measured faster in
+    a whole model; see that module). Reloading such a model needs the same flag.
+    """
     plan.check(groups)
     for g in groups:
         if g.name not in plan.groups:
@@ -103,6 +114,9 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
         for path, attr, *rest in g.attributes:
             _set_attribute(model.get_submodule(path), attr, len(keep), *rest)
     _fix_sizes(model)
+    for g in groups if fuse_norms else ():
+        if g.name in plan.groups and g.meta.get(GATHERED_NORM) and len(g.gather_inputs) == 1:
+            _fuse_norm(model, g.meta[GATHERED_NORM], g.gather_inputs[0])
     return model
 
 
@@ -140,6 +154,17 @@ def _scatter_linear(model: nn.Module, path: str, group: PrunableGroup, keep: tor
     new.in_features = old.in_features
     new.train(old.training)
     _replace_module(model, path, new)
+
+
+def _fuse_norm(model: nn.Module, norm_path: str, linear_path: str) -> None:
+    """LayerNorm → GatheredLinear as one :class:`NormGatheredLinear` (where the linear gathers at all)."""
+    norm, linear = model.get_submodule(norm_path), model.get_submodule(linear_path)
+    if not (isinstance(norm, nn.LayerNorm) and isinstance(linear, GatheredLinear) and norm.weight is not None):
+        return
+    fused = NormGatheredLinear(norm, linear, linear.input_index)
+    fused.train(linear.training)
+    _replace_module(model, linear_path, fused)
+    _replace_module(model, norm_path, nn.Identity())
 
 
 def _gather_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:

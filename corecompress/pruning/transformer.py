@@ -6,6 +6,7 @@ with a fused qkv laid out [q | k | v], each head-major — the layout of timm's 
 from __future__ import annotations
 
 from corecompress.pruning.groups import PrunableGroup, Slice
+from corecompress.pruning.physical import GATHERED_NORM
 
 TARGETS = ("channels", "heads", "neurons")
 
@@ -18,7 +19,8 @@ def block_groups(block: str, *, dim: int, num_heads: int, head_dim: int, hidden:
     """Groups of one block at module path ``block``.
 
     - ``channels`` (FACES): the C input columns of qkv (scored by norm1.γ) and of fc1 (norm2.γ); the
-      norms still normalise over all C; physical removal gathers the kept channels.
+      norms still normalise over all C; physical removal gathers the kept channels (or, opt-in, in one
+      module with the norm, :mod:`corecompress.pruning.fused_norm`: the norm feeds only that linear).
     - ``heads``: q, k, v rows (+ biases) of a head, its proj input columns and its relative-position
       bias column; ``num_heads`` follows.
     - ``neurons``: fc1 rows + bias and fc2 input columns.
@@ -30,10 +32,12 @@ def block_groups(block: str, *, dim: int, num_heads: int, head_dim: int, hidden:
     if "channels" in targets:
         groups.append(PrunableGroup(
             name=f"{p}attn_in", kind="channels", size=dim, block=block, scale=f"{p}{norm1}.weight",
-            slices=(Slice(f"{a}.{qkv}.weight", 1),), gather_inputs=(f"{a}.{qkv}",)))
+            slices=(Slice(f"{a}.{qkv}.weight", 1),), gather_inputs=(f"{a}.{qkv}",),
+            meta={GATHERED_NORM: f"{p}{norm1}"}))
         groups.append(PrunableGroup(
             name=f"{p}mlp_in", kind="channels", size=dim, block=block, scale=f"{p}{norm2}.weight",
-            slices=(Slice(f"{m}.{fc1}.weight", 1),), gather_inputs=(f"{m}.{fc1}",)))
+            slices=(Slice(f"{m}.{fc1}.weight", 1),), gather_inputs=(f"{m}.{fc1}",),
+            meta={GATHERED_NORM: f"{p}{norm2}"}))
     if "heads" in targets:
         offsets = (0, attn_dim, 2 * attn_dim)
         slices = [Slice(f"{a}.{qkv}.weight", 0, offsets, head_dim)]

@@ -28,6 +28,11 @@ class Magnitude:
     def __init__(self, p: int, options: MagnitudeOptions) -> None:
         self.p, self.options = p, options
 
+    @property
+    def comparable_across_groups(self) -> bool:
+        """Per-weight means are comparable across groups; raw sums grow with the group's fan-in."""
+        return self.options.normalize == "mean"
+
     def score(self, model: torch.nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]:
         scores = {}
         for g in groups:

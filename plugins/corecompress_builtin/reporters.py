@@ -1,13 +1,27 @@
 """``markdown``: report.md with the before/after table, the plan summary and plugin sections."""
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from corecompress.engine.rundir import atomic_write_bytes
 from corecompress.tools.spread import CV_SUFFIX, noisy_label
 
+from corecompress_builtin.report_plot import draw_summary
 
-def _fmt(value: Any) -> str:
+
+def nan_reason(key: str) -> str:
+    """What a ``nan`` metric means, by its name: a TAR/VAL at a FAR needs enough impostor pairs."""
+    far = re.search(r"@far([0-9.e+-]+)$", key)
+    if far:
+        return f"n/a (too few impostor pairs for FAR {far.group(1)})"
+    return "n/a (not computable on this data)"
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return nan_reason(key)
     if isinstance(value, float):
         if abs(value) >= 1e6:
             return f"{value / 1e6:.3f} M"
@@ -28,9 +42,24 @@ def metrics_table(phases: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _cell(values: dict[str, Any], key: str) -> str:
-    text = _fmt(values.get(key, "–"))
+    text = _fmt(values.get(key, "–"), key)
     noisy = noisy_label(values.get(key + CV_SUFFIX))
     return f"{text} ({noisy})" if noisy and key in values else text
+
+
+def budget_line(metrics: dict[str, Any]) -> str:
+    """Requested and achieved budget; for latency the predicted and the measured speed-up."""
+    b = metrics["budget"]
+    line = (f"- budget: {b['metric']} {b['requested']:g} of the dense model requested, {b['achieved']:.3f} achieved "
+            f"({b['allocation']} allocation, tolerance {b['tolerance']:g})")
+    if b.get("predicted_speedup") is None:
+        return line
+    key = f"efficiency/speedup_vs_dense_b{b['batch_size']}"
+    measured = [(phase, metrics[phase][key]) for phase in ("after", "pruned") if key in (metrics.get(phase) or {})]
+    shown = (f"measured {measured[0][1]:.2f}× ({measured[0][0]}, interleaved with the dense model)" if measured
+             else f"measured: n/a (add the efficiency evaluator with batch size {b['batch_size']})")
+    return (line + f"; predicted speed-up {b['predicted_speedup']:.2f}× at batch {b['batch_size']}, "
+            f"{b['threads']} thread{'' if b['threads'] == 1 else 's'} on {b['device']}, {shown}")
 
 
 class MarkdownReporter:
@@ -46,7 +75,9 @@ class MarkdownReporter:
                      + "".join(f", {flag}" for flag in ("compile", "channels_last") if getattr(r, flag)))
         if r.prune is not None:
             applied = r.prune.apply.name
-            lines.append(f"- pruning: `{r.prune.importance.name}` at sparsity {r.prune.sparsity} "
+            amount = (f"to a {r.prune.budget.metric} budget of {r.prune.budget.fraction:g}" if r.prune.budget is not None
+                      else f"at sparsity {r.prune.sparsity}")
+            lines.append(f"- pruning: `{r.prune.importance.name}` {amount} "
                          f"({r.prune.scope}, targets {', '.join(r.prune.targets)}), applied as **{applied}**"
                          + (" — a masked model has the dense model's size and speed" if applied == "mask" else ""))
         if run.plan is not None:
@@ -56,11 +87,15 @@ class MarkdownReporter:
         if unpruned:
             lines.append(f"- left unpruned: {len(unpruned)} groups the importance declined — "
                          + "; ".join(f"`{name}` ({why})" for name, why in unpruned.items()))
+        if run.metrics.get("budget"):
+            lines.append(budget_line(run.metrics))
         lines.append("")
         labels = {"before": "before", "pruned": "pruned (not retrained)", "after": "after"}
         phases = {label: run.metrics[key] for key, label in labels.items() if run.metrics.get(key)}
         if phases:
+            budget = run.metrics.get("budget") or {}
             lines += ["## Results", ""] + metrics_table(phases) + [""]
+            lines += [draw_summary(run.metrics, run.out_dir, budget.get("batch_size")), ""]
         for phase in ("train", "retrain"):
             if phase in run.metrics:
                 m = run.metrics[phase]
@@ -72,7 +107,8 @@ class MarkdownReporter:
             for title, body in section or []:
                 lines += ["", f"## {title}", "", body]
         lines += ["", "Files: recipe.resolved.json, versions.json, metrics.json, plan.json (if pruned), "
-                  "model.safetensors + architecture.json (reload with `corecompress.load(dir)`), log.txt.", ""]
+                  "model.safetensors + architecture.json (reload with `corecompress.load(dir)`), log.txt; report.png (the "
+                  "plot) and cost_table.json (latency budgets) where written.", ""]
         atomic_write_bytes(run.out_dir / "report.md", "\n".join(lines).encode())
 
 

@@ -43,6 +43,11 @@ class FacesImportance:
     def __init__(self, options: FacesOptions) -> None:
         self.options = options
 
+    @property
+    def comparable_across_groups(self) -> bool:
+        """|γ| / block mean is comparable across blocks (what ``prune.budget`` with scope global needs)."""
+        return self.options.normalize == "block_mean"
+
     def _wanted(self, group: PrunableGroup) -> bool:
         if group.kind != "channels":
             return True

@@ -49,6 +49,9 @@ class NViTOptions:
 class NViTImportance:
     """Hessian-aware (Fisher) saliency per unit, normalised by its cost — for global pruning."""
 
+    #: saliencies estimate the loss change of removing a unit, in one unit across all blocks (NViT)
+    comparable_across_groups = True
+
 
     def __init__(self, options: NViTOptions) -> None:
         self.options = options

@@ -29,6 +29,7 @@ BAD = [
     ("dlib_oneshot.py", ["--sparsities", "0.2,1.0"], "--sparsities"),
     ("face_models.py", ["--threads", "0"], "--threads"),
     ("faces_size_speed.py", ["--batch", "0"], "--batch"),
+    ("fused_norm_gather.py", ["--presets", "foo"], "--presets"),
     ("gpu_check.py", ["--sections", "a,e"], "--sections"),
     ("partial_fc.py", ["--steps", "0"], "--steps"),
     ("pruning_sweep.py", ["--only", "az"], "--only"),
