@@ -45,8 +45,10 @@ def test_the_report_shows_budget_predicted_and_measured_speed(tmp_path):
                                   apply=types.SimpleNamespace(name="physical"), sparsity=None,
                                   budget=types.SimpleNamespace(metric="latency", fraction=0.6))
     recipe = types.SimpleNamespace(name="r", description="", model=types.SimpleNamespace(name="swinface"),
-                                   data=types.SimpleNamespace(name="synthetic_faces"), seed=0, prune=prune)
+                                   data=types.SimpleNamespace(name="synthetic_faces"), seed=0, prune=prune, compile=False,
+                                   channels_last=False)
     run = types.SimpleNamespace(recipe=recipe, metrics=METRICS, out_dir=Path(tmp_path), plan=None, timings={},
+                                device="cpu", precision="fp32",
                                 hook=types.SimpleNamespace(report_sections=lambda run: []))
     MarkdownReporter().write(run)
     text = (tmp_path / "report.md").read_text()
