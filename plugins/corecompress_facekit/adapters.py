@@ -254,7 +254,27 @@ class TimmBackboneAdapter:
         paths = [name for name, m in model.named_modules()
                  if all(hasattr(m, a) for a in ("norm1", "attn", "norm2", "mlp")) and hasattr(m.attn, "qkv")
                  and hasattr(m.attn, "num_heads") and hasattr(m.mlp, "fc1")]
-        return transformer_groups(model, paths, targets, "relative_position_bias_table")
+        groups = transformer_groups(model, paths, targets, "relative_position_bias_table")
+        if "filters" in targets:
+            groups += self.graph_groups(model, groups)
+        return groups
+
+    def graph_groups(self, model: nn.Module, owned: list[PrunableGroup]) -> list[PrunableGroup]:
+        """CNN filters from the dependency graph, outside the tensors the ``owned`` groups slice; the
+        embedding head keeps its outputs. Without Torch-Pruning: the owned groups suffice, else one line."""
+        from corecompress.pruning.dependency_graph import graph_filter_groups
+
+        try:
+            return graph_filter_groups(model, torch.zeros(1, *self.input_size, device=_device(model)),
+                                       keep_outputs=[model.fc], skip_tensors={s.tensor for g in owned for s in g.slices})
+        except UserError:
+            if owned:
+                return []
+            raise
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def register(register: Any) -> None:

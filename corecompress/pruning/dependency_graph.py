@@ -1,0 +1,227 @@
+"""Filter groups of any CNN, derived from Torch-Pruning's dependency graph (network slimming).
+
+Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023 (library ``torch-pruning``)
+traces a model once and couples every layer whose channels must be removed together: residual
+additions, concatenations (with their offsets), depthwise convolutions, squeeze-excitation, norms
+and per-channel parameters. Each of its groups rooted at a conv/linear's output channels becomes one
+:class:`PrunableGroup` of kind ``filters`` here — plain slices of the tensors it touches — so soft
+masks and physical removal still come from one plan. The group's ``scale`` is the BatchNorm γ that
+follows the producing layer: Liu et al., "Learning Efficient Convolutional Networks through Network
+Slimming", ICCV 2017, the CNN rule of FACES.
+
+What slices cannot express exactly is left out: grouped (non-depthwise) and transposed convolutions,
+norms over the channel axis (LayerNorm, GroupNorm: masking a channel does not remove it from their
+statistics), index mappings other than offsets, unknown layers. A float64 probe then removes a random
+part of every group, compares the masked with the physically pruned model on one input, and drops
+(by bisection) the groups that disagree — e.g. channels reshaped into attention heads.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from corecompress.errors import UserError
+from corecompress.pruning.groups import PrunableGroup, Slice
+from corecompress.pruning.masking import apply_masks
+from corecompress.pruning.physical import apply_physical
+from corecompress.pruning.plan import GroupPlan, PruningPlan
+
+INSTALL_HINT = ("pruning CNN filters needs Torch-Pruning, the optional extra 'torch-pruning': "
+                "pip install 'corecompress[torch-pruning]'")
+
+#: max |masked − physical| / max |masked| (float64) above which the probe rejects groups.
+PROBE_TOLERANCE = 1e-9
+
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+class Unsupported(Exception):
+    """A coupled layer or index mapping that slices cannot express."""
+
+
+def import_torch_pruning() -> Any:
+    """The ``torch_pruning`` module, or a one-line UserError naming the extra to install."""
+    try:
+        import torch_pruning
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return torch_pruning
+
+
+def graph_filter_groups(model: nn.Module, example_input: torch.Tensor, *, keep_outputs: Sequence[nn.Module] = (),
+                        skip_tensors: Iterable[str] = (), probe: bool = True) -> list[PrunableGroup]:
+    """``filters`` groups of ``model`` traced on ``example_input``.
+
+    ``keep_outputs``: layers whose output channels must stay (the embedding head); their inputs may
+    still be pruned. ``skip_tensors``: tensors other groups already own (transformer blocks); a group
+    touching one is left out. ``probe``: drop the groups whose masked and physical results differ.
+    """
+    tp = import_torch_pruning()
+    states = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with warnings.catch_warnings():  # "Unwrapped parameters detected": handled below as plain slices
+            warnings.simplefilter("ignore")
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        roots = (nn.modules.conv._ConvNd, nn.Linear)  # noqa: SLF001
+        tp_groups = list(graph.get_all_groups(ignored_layers=list(keep_outputs), root_module_types=roots))
+    finally:
+        for m, training in states.items():
+            m.train(training)
+    owned = set(skip_tensors)
+    groups = []
+    for tp_group in tp_groups:
+        try:
+            group = _translate(tp, graph, tp_group)
+        except Unsupported:
+            continue
+        if group.size > 1 and not owned.intersection(sl.tensor for sl in group.slices):
+            groups.append(group)
+    return agreeing_groups(model, groups, example_input) if probe else groups
+
+
+def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
+    """One Torch-Pruning group (full indices, rooted at a layer's output channels) as slices."""
+    root = tp_group[0].dep.target.module
+    root_path = graph._module2name[root]  # noqa: SLF001 - the graph's own name table
+    size = len(tp_group[0].idxs)
+    pairs: dict[tuple[str, int], set[tuple[int, int]]] = defaultdict(set)
+    attributes: list[tuple[str, str]] = []
+    scale = None
+    for item in tp_group:
+        dep = item.dep
+        for tensor, dim in _tensors_of(tp, graph, dep):
+            pairs[(tensor, dim)].update(zip(item.root_idxs, item.idxs))
+        module = dep.target.module
+        if isinstance(module, nn.modules.conv._ConvNd) and _depthwise(module):  # noqa: SLF001
+            attributes.append((graph._module2name[module], "groups"))  # noqa: SLF001
+        if scale is None and _follows(dep, root):
+            scale = f"{graph._module2name[module]}.weight"  # noqa: SLF001
+    slices = tuple(_slice(tensor, dim, found, size) for (tensor, dim), found in pairs.items())
+    if any(len(sl.offsets) > 1 for sl in slices if sl.tensor.rpartition(".")[0] in {a[0] for a in attributes}):
+        raise Unsupported("a depthwise conv reached twice")
+    block = root_path.rpartition(".")[0]
+    return PrunableGroup(name=f"{root_path}.filters", kind="filters", size=size, slices=slices, block=block,
+                         scale=scale, attributes=tuple(dict.fromkeys(attributes)))
+
+
+def _follows(dep: Any, root: nn.Module) -> bool:
+    """``dep`` targets an affine BatchNorm fed (through parameter-free ops) by the root layer."""
+    module = dep.target.module
+    if not (isinstance(module, nn.modules.batchnorm._NormBase) and module.affine):  # noqa: SLF001
+        return False
+    seen: set[Any] = set()
+    frontier = list(dep.target.inputs)
+    while frontier:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.module is root:
+            return True
+        if isinstance(current.module, nn.Module) and any(True for _ in current.module.parameters(recurse=False)):
+            continue
+        frontier.extend(current.inputs)
+    return False
+
+
+def _depthwise(conv: nn.Module) -> bool:
+    return conv.groups > 1 and conv.groups == conv.out_channels == conv.in_channels
+
+
+def _tensors_of(tp: Any, graph: Any, dep: Any) -> list[tuple[str, int]]:
+    """(tensor name, dim) that ``dep``'s pruning function slices; [] for parameter-free ops."""
+    target = dep.target
+    if target.type == tp.ops.OPTYPE.PARAMETER:
+        param = target.module
+        return [(graph._param_to_name[param], target.pruning_dim % param.dim())]  # noqa: SLF001
+    module = target.module
+    if not isinstance(module, nn.Module):
+        return []
+    if not any(True for _ in module.parameters(recurse=False)) and not any(True for _ in module.buffers(False)):
+        return []
+    path = graph._module2name[module]  # noqa: SLF001
+    out = graph.is_out_channel_pruning_fn(dep.handler)
+    own = [n for n in ("weight", "bias") if getattr(module, n, None) is not None]
+    if isinstance(module, nn.modules.conv._ConvNd):  # noqa: SLF001
+        if module.transposed:
+            raise Unsupported(f"{path}: transposed conv")
+        if _depthwise(module):
+            return [(f"{path}.{n}", 0) for n in own]
+        if module.groups > 1:
+            raise Unsupported(f"{path}: grouped conv")
+        return [(f"{path}.{n}", 0) for n in own] if out else [(f"{path}.weight", 1)]
+    if isinstance(module, nn.Linear):
+        return [(f"{path}.{n}", 0) for n in own] if out else [(f"{path}.weight", 1)]
+    if isinstance(module, nn.modules.batchnorm._NormBase):  # noqa: SLF001
+        return [(f"{path}.{n}", 0) for n in _BN_TENSORS if getattr(module, n, None) is not None]
+    if isinstance(module, nn.PReLU):
+        return [(f"{path}.weight", 0)] if module.num_parameters > 1 else []
+    raise Unsupported(f"{path}: {type(module).__name__}")  # LayerNorm, GroupNorm, attention, unknown layers
+
+
+def _slice(tensor: str, dim: int, found: set[tuple[int, int]], size: int) -> Slice:
+    """The slice whose unit ``u`` covers ``offset + u`` for each offset: what (root, index) pairs say."""
+    per_root: dict[int, list[int]] = defaultdict(list)
+    for root_index, index in found:
+        per_root[root_index].append(index)
+    if sorted(per_root) != list(range(size)):
+        raise Unsupported(f"{tensor}: only some units reach it")
+    offsets = sorted(per_root[0])
+    for r, indices in per_root.items():
+        if sorted(indices) != [o + r for o in offsets]:
+            raise Unsupported(f"{tensor}: not an offset mapping")
+    if any(b - a < size for a, b in zip(offsets, offsets[1:])):
+        raise Unsupported(f"{tensor}: overlapping offsets")
+    return Slice(tensor, dim, tuple(offsets))
+
+
+def agreeing_groups(model: nn.Module, groups: list[PrunableGroup], example_input: torch.Tensor) -> list[PrunableGroup]:
+    """The groups for which masking and physical removal agree (float64), found by bisection."""
+    if not groups:
+        return []
+    reference = copy.deepcopy(model).double().eval()
+    x = example_input.detach().double()
+    return _bisect(reference, groups, x)
+
+
+def _bisect(reference: nn.Module, groups: list[PrunableGroup], x: torch.Tensor) -> list[PrunableGroup]:
+    if _agree(reference, groups, x):
+        return groups
+    if len(groups) == 1:
+        return []
+    mid = len(groups) // 2
+    return _bisect(reference, groups[:mid], x) + _bisect(reference, groups[mid:], x)
+
+
+def probe_plan(groups: list[PrunableGroup], seed: int = 0) -> PruningPlan:
+    """Every group keeps a seeded random two thirds of its units (at least one, at least one removed)."""
+    gen = torch.Generator().manual_seed(seed)
+    planned = {}
+    for g in groups:
+        keep = max(1, min(g.size - 1, (2 * g.size) // 3))
+        planned[g.name] = GroupPlan(g.kind, g.size, sorted(torch.randperm(g.size, generator=gen)[:keep].tolist()))
+    return PruningPlan(groups=planned)
+
+
+@torch.no_grad()
+def _agree(reference: nn.Module, groups: list[PrunableGroup], x: torch.Tensor) -> bool:
+    plan = probe_plan(groups)
+    masked = copy.deepcopy(reference)
+    try:
+        apply_masks(masked, groups, plan)
+        expected = masked(x)
+        physical = apply_physical(copy.deepcopy(reference), groups, plan)
+        got = physical(x)
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError):
+        return False
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max().clamp_min(1e-30))
+    return float((got - expected).abs().max()) / scale <= PROBE_TOLERANCE
