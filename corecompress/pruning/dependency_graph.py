@@ -17,10 +17,11 @@ part of every group, compares the masked with the physically pruned model on one
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ INSTALL_HINT = ("pruning CNN filters needs Torch-Pruning, the optional extra 'to
 PROBE_TOLERANCE = 1e-9
 
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)  # noqa: SLF001 - every conv
 
 
 class Unsupported(Exception):
@@ -69,8 +71,7 @@ def graph_filter_groups(model: nn.Module, example_input: torch.Tensor, *, keep_o
         with warnings.catch_warnings():  # "Unwrapped parameters detected": handled below as plain slices
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-        roots = (nn.modules.conv._ConvNd, nn.Linear)  # noqa: SLF001
-        tp_groups = list(graph.get_all_groups(ignored_layers=list(keep_outputs), root_module_types=roots))
+        tp_groups = _coupled_groups(tp, graph, keep_outputs)
     finally:
         for m, training in states.items():
             m.train(training)
@@ -86,6 +87,53 @@ def graph_filter_groups(model: nn.Module, example_input: torch.Tensor, *, keep_o
     return agreeing_groups(model, groups, example_input) if probe else groups
 
 
+class _Flattened(Exception):
+    """A group's channels reach a flatten/unflatten: one channel becomes many indices (never an offset slice)."""
+
+
+@contextlib.contextmanager
+def _flatten_stops_groups(tp: Any) -> Iterator[None]:
+    """While open, Torch-Pruning's flatten index mapping with a stride raises :class:`_Flattened` instead of
+    expanding every index (on EfficientFormerV2 that takes minutes per group, for a group dropped anyway)."""
+    mapping = tp.dependency.index_mapping._FlattenIndexMapping  # noqa: SLF001
+    original = mapping.__call__
+
+    def guarded(self: Any, idxs: Any) -> Any:
+        if self._stride > 1:  # noqa: SLF001
+            raise _Flattened
+        return original(self, idxs)
+
+    mapping.__call__ = guarded
+    try:
+        yield
+    finally:
+        mapping.__call__ = original
+
+
+def _coupled_groups(tp: Any, graph: Any, keep_outputs: Sequence[nn.Module]) -> list[Any]:
+    """Torch-Pruning's groups rooted at each conv/linear's output channels (as ``get_all_groups``), each
+    layer in one group; a group that pulls in a layer of ``keep_outputs`` or flattens channels is dropped."""
+    kept, visited, found = set(map(id, keep_outputs)), set(), []
+    with _flatten_stops_groups(tp):
+        for module in list(graph.module2node):
+            if id(module) in kept or id(module) in visited or not isinstance(module, _LAYERS):
+                continue
+            pruner = graph.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            try:
+                group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                                list(range(pruner.get_out_channels(module))))
+            except _Flattened:
+                continue
+            outputs = {id(item.dep.target.module) for item in group
+                       if graph.is_out_channel_pruning_fn(item.dep.handler)}
+            visited |= outputs
+            if not outputs & kept:
+                found.append(group)
+    return found
+
+
 def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
     """One Torch-Pruning group (full indices, rooted at a layer's output channels) as slices."""
     root = tp_group[0].dep.target.module
@@ -93,7 +141,6 @@ def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
     size = len(tp_group[0].idxs)
     pairs: dict[tuple[str, int], set[tuple[int, int]]] = defaultdict(set)
     attributes: list[tuple[str, str]] = []
-    scale = None
     for item in tp_group:
         dep = item.dep
         for tensor, dim in _tensors_of(tp, graph, dep):
@@ -101,34 +148,46 @@ def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
         module = dep.target.module
         if isinstance(module, nn.modules.conv._ConvNd) and _depthwise(module):  # noqa: SLF001
             attributes.append((graph._module2name[module], "groups"))  # noqa: SLF001
-        if scale is None and _follows(dep, root):
-            scale = f"{graph._module2name[module]}.weight"  # noqa: SLF001
     slices = tuple(_slice(tensor, dim, found, size) for (tensor, dim), found in pairs.items())
     if any(len(sl.offsets) > 1 for sl in slices if sl.tensor.rpartition(".")[0] in {a[0] for a in attributes}):
         raise Unsupported("a depthwise conv reached twice")
     block = root_path.rpartition(".")[0]
+    scale = _scale_of(tp_group, graph)
     return PrunableGroup(name=f"{root_path}.filters", kind="filters", size=size, slices=slices, block=block,
                          scale=scale, attributes=tuple(dict.fromkeys(attributes)))
 
 
-def _follows(dep: Any, root: nn.Module) -> bool:
-    """``dep`` targets an affine BatchNorm fed (through parameter-free ops) by the root layer."""
-    module = dep.target.module
-    if not (isinstance(module, nn.modules.batchnorm._NormBase) and module.affine):  # noqa: SLF001
-        return False
+def _scale_of(tp_group: Any, graph: Any) -> str | None:
+    """γ of the first affine BatchNorm that directly follows (through parameter-free ops) a producer of
+    the group — a conv or linear whose output channels it prunes, a full conv before a depthwise one."""
+    producers = [item.dep.target.module for item in tp_group if graph.is_out_channel_pruning_fn(item.dep.handler)
+                 and isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]  # noqa: SLF001
+    norms = [item.dep.target for item in tp_group
+             if isinstance(item.dep.target.module, nn.modules.batchnorm._NormBase)  # noqa: SLF001
+             and item.dep.target.module.affine]
+    full = [m for m in producers if not (isinstance(m, nn.modules.conv._ConvNd) and _depthwise(m))]  # noqa: SLF001
+    for candidates in (full, producers):
+        for node in norms:
+            if any(m in candidates for m in _nearest_layers(node)):
+                return f"{graph._module2name[node.module]}.weight"  # noqa: SLF001
+    return None
+
+
+def _nearest_layers(node: Any) -> list[Any]:
+    """The modules with parameters that feed ``node`` through parameter-free ops only."""
     seen: set[Any] = set()
-    frontier = list(dep.target.inputs)
+    found = []
+    frontier = list(node.inputs)
     while frontier:
         current = frontier.pop()
         if current in seen:
             continue
         seen.add(current)
-        if current.module is root:
-            return True
         if isinstance(current.module, nn.Module) and any(True for _ in current.module.parameters(recurse=False)):
-            continue
-        frontier.extend(current.inputs)
-    return False
+            found.append(current.module)
+        else:
+            frontier.extend(current.inputs)
+    return found
 
 
 def _depthwise(conv: nn.Module) -> bool:
