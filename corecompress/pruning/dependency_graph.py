@@ -29,8 +29,7 @@ from torch import nn
 
 from corecompress.errors import UserError
 from corecompress.pruning.groups import PrunableGroup, Slice
-from corecompress.pruning.masking import apply_masks
-from corecompress.pruning.physical import apply_physical
+from corecompress.pruning.agreement import masked_physical_error
 from corecompress.pruning.plan import GroupPlan, PruningPlan
 
 INSTALL_HINT = ("pruning CNN filters needs Torch-Pruning, the optional extra 'torch-pruning': "
@@ -136,8 +135,7 @@ def _coupled_groups(tp: Any, graph: Any, keep_outputs: Sequence[nn.Module]) -> l
 
 def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
     """One Torch-Pruning group (full indices, rooted at a layer's output channels) as slices."""
-    root = tp_group[0].dep.target.module
-    root_path = graph._module2name[root]  # noqa: SLF001 - the graph's own name table
+    root_path = _first_producer(graph, tp_group)
     size = len(tp_group[0].idxs)
     pairs: dict[tuple[str, int], set[tuple[int, int]]] = defaultdict(set)
     attributes: list[tuple[str, str]] = []
@@ -152,21 +150,29 @@ def _translate(tp: Any, graph: Any, tp_group: Any) -> PrunableGroup:
     if any(len(sl.offsets) > 1 for sl in slices if sl.tensor.rpartition(".")[0] in {a[0] for a in attributes}):
         raise Unsupported("a depthwise conv reached twice")
     block = root_path.rpartition(".")[0]
-    scale = _scale_of(tp_group, graph)
+    scale = _scale_of(tp_group, graph, root_path)
     return PrunableGroup(name=f"{root_path}.filters", kind="filters", size=size, slices=slices, block=block,
                          scale=scale, attributes=tuple(dict.fromkeys(attributes)))
 
 
-def _scale_of(tp_group: Any, graph: Any) -> str | None:
-    """γ of the first affine BatchNorm that directly follows (through parameter-free ops) a producer of
-    the group — a conv or linear whose output channels it prunes, a full conv before a depthwise one."""
+def _first_producer(graph: Any, tp_group: Any) -> str:
+    """Path of the group's first conv/linear (in the model's module order) whose outputs it prunes: its name."""
+    producers = {id(item.dep.target.module) for item in tp_group if graph.is_out_channel_pruning_fn(item.dep.handler)
+                 and isinstance(item.dep.target.module, _LAYERS)}
+    return next(name for name, m in graph.model.named_modules() if id(m) in producers)
+
+
+def _scale_of(tp_group: Any, graph: Any, root_path: str) -> str | None:
+    """γ of the affine BatchNorm that directly follows (through parameter-free ops) a producer of the
+    group — a conv or linear whose outputs it prunes: the first one, else a full conv, else any."""
     producers = [item.dep.target.module for item in tp_group if graph.is_out_channel_pruning_fn(item.dep.handler)
                  and isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]  # noqa: SLF001
-    norms = [item.dep.target for item in tp_group
+    size = len(tp_group[0].idxs)
+    norms = [item.dep.target for item in tp_group  # γ entries = the units, one to one (not after a concat)
              if isinstance(item.dep.target.module, nn.modules.batchnorm._NormBase)  # noqa: SLF001
-             and item.dep.target.module.affine]
+             and item.dep.target.module.affine and item.dep.target.module.num_features == size]
     full = [m for m in producers if not (isinstance(m, nn.modules.conv._ConvNd) and _depthwise(m))]  # noqa: SLF001
-    for candidates in (full, producers):
+    for candidates in ([graph.model.get_submodule(root_path)], full, producers):
         for node in norms:
             if any(m in candidates for m in _nearest_layers(node)):
                 return f"{graph._module2name[node.module]}.weight"  # noqa: SLF001
@@ -269,18 +275,9 @@ def probe_plan(groups: list[PrunableGroup], seed: int = 0) -> PruningPlan:
     return PruningPlan(groups=planned)
 
 
-@torch.no_grad()
 def _agree(reference: nn.Module, groups: list[PrunableGroup], x: torch.Tensor) -> bool:
-    plan = probe_plan(groups)
-    masked = copy.deepcopy(reference)
     try:
-        apply_masks(masked, groups, plan)
-        expected = masked(x)
-        physical = apply_physical(copy.deepcopy(reference), groups, plan)
-        got = physical(x)
+        error = masked_physical_error(reference, groups, probe_plan(groups), x)
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError):
         return False
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-        return False
-    scale = float(expected.abs().max().clamp_min(1e-30))
-    return float((got - expected).abs().max()) / scale <= PROBE_TOLERANCE
+    return error <= PROBE_TOLERANCE
