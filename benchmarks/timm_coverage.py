@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-from cli_args import count, name_list, number
 
 KINDS = ("channels", "heads", "neurons", "filters")
 EMBEDDING = 64
@@ -167,6 +166,8 @@ def table(rows: list[tuple[str, str, dict, dict]]) -> str:
 
 
 def main() -> None:
+    from cli_args import count, name_list, number  # here, so tests can import the list without this folder on sys.path
+
     names = [a[0] for a in ARCHITECTURES]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=name_list(names), default=names, help="comma-separated architectures")
