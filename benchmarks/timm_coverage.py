@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 
 KINDS = ("channels", "heads", "neurons", "filters")
@@ -116,34 +117,38 @@ def prune_torch_pruning(name: str, size: int, sparsity: float) -> dict:
     return {**row, "status": "pruned" if row["after"] < row["before"] else "unchanged"}
 
 
+SIDES = {"ours": prune_ours, "tp": prune_torch_pruning}
+
+
 def run_case(side: str, name: str, size: int, sparsity: float) -> dict:
     """One side on one architecture, in this process; any exception is a crash row."""
-    import warnings
-
     import torch
 
     torch.manual_seed(0)
-    warnings.simplefilter("ignore")
-    try:
-        return (prune_ours if side == "ours" else prune_torch_pruning)(name, size, sparsity)
-    except Exception as exc:  # noqa: BLE001 - the table reports every failure
-        return {"status": f"crash: {_one_line(exc)}"}
-
-
-def run_isolated(side: str, name: str, size: int, sparsity: float, timeout: int) -> dict:
-    """:func:`run_case` in a subprocess, so a hang or a hard crash is one row, not the end of the table."""
-    command = [sys.executable, __file__, "--case", side, name, str(size), "--sparsity", str(sparsity)]
     start = time.perf_counter()
     try:
+        row = SIDES[side](name, size, sparsity)
+    except Exception as exc:  # noqa: BLE001 - the table reports every failure
+        row = {"status": f"crash: {_one_line(exc)}"}
+    return {**row, "side": side, "seconds": time.perf_counter() - start}
+
+
+def run_isolated(name: str, size: int, sparsity: float, timeout: int) -> dict[str, dict]:
+    """Both sides on one architecture in a subprocess (one JSON line each, as soon as it is done), so a
+    hang or a hard crash is a row of the table, not the end of it."""
+    command = [sys.executable, __file__, "--case", name, str(size), "--sparsity", str(sparsity)]
+    try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"crash: no result within {timeout} s", "seconds": timeout}
-    seconds = time.perf_counter() - start
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["?"])[-1][:120]
-        return {"status": f"crash: exit {done.returncode}: {tail}", "seconds": seconds}
-    return {**json.loads(lines[-1]), "seconds": seconds}
+        stdout, failure = done.stdout, f"exit {done.returncode}: " + (done.stderr.strip().splitlines() or ["?"])[-1][:120]
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or ""
+        stdout, failure = out.decode() if isinstance(out, bytes) else out, f"no result within {timeout} s"
+    rows = {side: {"status": f"crash: {failure}"} for side in SIDES}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            rows[row.pop("side")] = row
+    return rows
 
 
 def _params(row: dict) -> str:
@@ -172,25 +177,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=name_list(names), default=names, help="comma-separated architectures")
     ap.add_argument("--sparsity", type=number(0.0, 1.0, low_open=True, high_open=True), default=0.3, help="fraction of units removed, in (0, 1)")
-    ap.add_argument("--timeout", type=count(10), default=600, help="seconds per architecture and side")
+    ap.add_argument("--timeout", type=count(10), default=900, help="seconds per architecture (both sides)")
     ap.add_argument("--threads", type=count(1), default=2)
-    ap.add_argument("--case", nargs=3, metavar=("SIDE", "NAME", "SIZE"), help=argparse.SUPPRESS)
+    ap.add_argument("--case", nargs=2, metavar=("NAME", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if args.case:
-        side, name, size = args.case
-        print(json.dumps(run_case(side, name, int(size), args.sparsity)))
+        warnings.simplefilter("ignore")
+        for side in SIDES:
+            print(json.dumps(run_case(side, args.case[0], int(args.case[1]), args.sparsity)), flush=True)
         return
     sizes = {name: (size, family) for name, size, family in ARCHITECTURES}
     rows = []
     for name in args.only:
         size, family = sizes[name]
-        ours = run_isolated("ours", name, size, args.sparsity, args.timeout)
-        theirs = run_isolated("tp", name, size, args.sparsity, args.timeout)
-        print(f"{name}: ours {ours['status']} ({ours['seconds']:.0f} s); Torch-Pruning {theirs['status']} "
-              f"({theirs['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        found = run_isolated(name, size, args.sparsity, args.timeout)
+        ours, theirs = found["ours"], found["tp"]
+        print(f"{name}: ours {ours['status']} ({ours.get('seconds', 0):.0f} s); Torch-Pruning {theirs['status']} "
+              f"({theirs.get('seconds', 0):.0f} s)", file=sys.stderr, flush=True)
         rows.append((name, family, ours, theirs))
     print(table(rows))
     for side, index in (("corecompress", 2), ("Torch-Pruning", 3)):
