@@ -33,6 +33,7 @@ BAD = [
     ("resume_overhead.py", ["--crash-at", "5"], "--crash-at"),
     ("structured_speed.py", ["--repeats", "6"], "--repeats"),
     ("synthetic_difficulty.py", ["--difficulty", "-1"], "--difficulty"),
+    ("timm_coverage.py", ["--only", "resnet18,no_such_net"], "--only"),
     ("training_overhead.py", ["--steps", "many"], "--steps"),
 ]
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "cli_args.py")
