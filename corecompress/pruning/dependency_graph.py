@@ -39,7 +39,7 @@ INSTALL_HINT = ("pruning CNN filters needs Torch-Pruning, the optional extra 'to
 PROBE_TOLERANCE = 1e-9
 
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)  # noqa: SLF001 - every conv
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)  # noqa: SLF001 - the layers a group may be rooted at
 
 
 class Unsupported(Exception):
@@ -71,6 +71,10 @@ def graph_filter_groups(model: nn.Module, example_input: torch.Tensor, *, keep_o
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
         tp_groups = _coupled_groups(tp, graph, keep_outputs)
+    except Exception as exc:  # noqa: BLE001 - a model the tracer cannot follow is the user's to hear about, in one line
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"filters: Torch-Pruning could not trace {type(model).__name__} "
+                        f"({type(exc).__name__}: {detail})") from None
     finally:
         for m, training in states.items():
             m.train(training)
@@ -124,6 +128,8 @@ def _coupled_groups(tp: Any, graph: Any, keep_outputs: Sequence[nn.Module]) -> l
                 group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                                 list(range(pruner.get_out_channels(module))))
             except _Flattened:
+                continue
+            except Exception:  # noqa: BLE001 - a coupling the library cannot resolve: that layer is not a root
                 continue
             outputs = {id(item.dep.target.module) for item in group
                        if graph.is_out_channel_pruning_fn(item.dep.handler)}
@@ -278,6 +284,6 @@ def probe_plan(groups: list[PrunableGroup], seed: int = 0) -> PruningPlan:
 def _agree(reference: nn.Module, groups: list[PrunableGroup], x: torch.Tensor) -> bool:
     try:
         error = masked_physical_error(reference, groups, probe_plan(groups), x)
-    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError):
+    except Exception:  # noqa: BLE001 - whatever breaks the pruned copy disqualifies the groups
         return False
     return error <= PROBE_TOLERANCE
