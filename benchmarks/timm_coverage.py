@@ -133,10 +133,20 @@ def run_case(side: str, name: str, size: int, sparsity: float) -> dict:
     return {**row, "side": side, "seconds": time.perf_counter() - start}
 
 
-def run_isolated(name: str, size: int, sparsity: float, timeout: int) -> dict[str, dict]:
+def limit_memory(gigabytes: int) -> None:
+    """Cap this process's address space, so a runaway side fails with MemoryError instead of swapping the machine
+    (Torch-Pruning's index mappings on EfficientFormerV2 grow past 20 GB)."""
+    import resource
+
+    cap = gigabytes * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def run_isolated(name: str, size: int, sparsity: float, timeout: int, memory_gb: int) -> dict[str, dict]:
     """Both sides on one architecture in a subprocess (one JSON line each, as soon as it is done), so a
     hang or a hard crash is a row of the table, not the end of it."""
-    command = [sys.executable, __file__, "--case", name, str(size), "--sparsity", str(sparsity)]
+    command = [sys.executable, __file__, "--case", name, str(size), "--sparsity", str(sparsity),
+               "--memory-gb", str(memory_gb)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         stdout, failure = done.stdout, f"exit {done.returncode}: " + (done.stderr.strip().splitlines() or ["?"])[-1][:120]
@@ -179,12 +189,14 @@ def main() -> None:
     ap.add_argument("--sparsity", type=number(0.0, 1.0, low_open=True, high_open=True), default=0.3, help="fraction of units removed, in (0, 1)")
     ap.add_argument("--timeout", type=count(10), default=900, help="seconds per architecture (both sides)")
     ap.add_argument("--threads", type=count(1), default=2)
+    ap.add_argument("--memory-gb", type=count(2), default=12, help="address-space cap of each architecture's process")
     ap.add_argument("--case", nargs=2, metavar=("NAME", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if args.case:
+        limit_memory(args.memory_gb)
         warnings.simplefilter("ignore")
         for side in SIDES:
             print(json.dumps(run_case(side, args.case[0], int(args.case[1]), args.sparsity)), flush=True)
@@ -193,7 +205,7 @@ def main() -> None:
     rows = []
     for name in args.only:
         size, family = sizes[name]
-        found = run_isolated(name, size, args.sparsity, args.timeout)
+        found = run_isolated(name, size, args.sparsity, args.timeout, args.memory_gb)
         ours, theirs = found["ours"], found["tp"]
         print(f"{name}: ours {ours['status']} ({ours.get('seconds', 0):.0f} s); Torch-Pruning {theirs['status']} "
               f"({theirs.get('seconds', 0):.0f} s)", file=sys.stderr, flush=True)
