@@ -26,6 +26,16 @@ def _session_cache_root(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN2
         yield
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run only when asked: ``-m slow`` (any -m naming it) or CORECOMPRESS_SLOW=1."""
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("CORECOMPRESS_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or CORECOMPRESS_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

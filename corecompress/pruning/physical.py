@@ -80,8 +80,10 @@ def _fix_sizes(model: nn.Module) -> None:
         elif isinstance(module, nn.modules.conv._ConvNd):  # noqa: SLF001
             module.out_channels = module.weight.shape[0]
             module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.modules.batchnorm._NormBase) and module.weight is not None:  # noqa: SLF001
-            module.num_features = module.weight.shape[0]
+        elif isinstance(module, nn.modules.batchnorm._NormBase):  # noqa: SLF001
+            stats = module.weight if module.weight is not None else module.running_mean
+            if stats is not None:
+                module.num_features = stats.shape[0]
         elif isinstance(module, nn.LayerNorm) and module.weight is not None:
             module.normalized_shape = tuple(module.weight.shape)
 
@@ -96,6 +98,7 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
     a whole model; see that module). Reloading such a model needs the same flag.
     """
     plan.check(groups)
+    removed: dict[tuple[str, int], list[torch.Tensor]] = {}
     for g in groups:
         if g.name not in plan.groups:
             continue
@@ -106,13 +109,13 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
             _gather_linear(model, path, g, keep)
         for path in g.scatter_outputs:
             _scatter_linear(model, path, g, keep)
+        dropped = _dropped_units(g.size, keep)
         for sl in g.slices:
-            path, _, attr = sl.tensor.rpartition(".")
-            t = getattr(model.get_submodule(path) if path else model, attr)
-            index = sl.indices(keep).to(t.device)
-            _set_tensor(model, sl.tensor, t.index_select(sl.dim, index).contiguous())
+            removed.setdefault((sl.tensor, sl.dim), []).append(sl.indices(dropped))
         for path, attr, *rest in g.attributes:
             _set_attribute(model.get_submodule(path), attr, len(keep), *rest)
+    for (name, dim), parts in removed.items():  # once per tensor and dim: the indices of every group are original
+        _remove_indices(model, name, dim, torch.cat(parts))
     _fix_sizes(model)
     for g in groups if fuse_norms else ():
         if g.name in plan.groups and g.meta.get(GATHERED_NORM) and len(g.gather_inputs) == 1:
@@ -165,6 +168,23 @@ def _fuse_norm(model: nn.Module, norm_path: str, linear_path: str) -> None:
     fused.train(linear.training)
     _replace_module(model, linear_path, fused)
     _replace_module(model, norm_path, nn.Identity())
+
+
+def _dropped_units(size: int, keep: torch.Tensor) -> torch.Tensor:
+    kept = torch.zeros(size, dtype=torch.bool)
+    kept[keep] = True
+    return torch.nonzero(~kept).flatten()
+
+
+def _remove_indices(model: nn.Module, name: str, dim: int, dropped: torch.Tensor) -> None:
+    """Delete the ``dropped`` indices of tensor ``name`` along ``dim`` (several groups may share a tensor
+    and a dim at different offsets, e.g. the inputs of a conv after a concatenation)."""
+    path, _, attr = name.rpartition(".")
+    t = getattr(model.get_submodule(path) if path else model, attr)
+    kept = torch.ones(t.shape[dim], dtype=torch.bool)
+    kept[dropped] = False
+    index = torch.nonzero(kept).flatten().to(t.device)
+    _set_tensor(model, name, t.index_select(dim, index).contiguous())
 
 
 def _gather_linear(model: nn.Module, path: str, group: PrunableGroup, keep: torch.Tensor) -> None:

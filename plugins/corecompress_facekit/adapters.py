@@ -277,7 +277,27 @@ class TimmBackboneAdapter:
 
     def prunable_groups(self, model: nn.Module, targets: tuple[str, ...]) -> list[PrunableGroup]:
         finding = find_transformer_groups(model, self.input_size, targets)
-        return refusals_said(finding, targets)
+        groups = refusals_said(finding, targets)
+        if "filters" in targets:
+            groups += self.graph_groups(model, groups)
+        return groups
+
+    def graph_groups(self, model: nn.Module, owned: list[PrunableGroup]) -> list[PrunableGroup]:
+        """CNN filters from the dependency graph, outside the tensors the ``owned`` groups slice; the
+        embedding head keeps its outputs. Without Torch-Pruning: the owned groups suffice, else one line."""
+        from corecompress.pruning.dependency_graph import graph_filter_groups
+
+        try:
+            return graph_filter_groups(model, torch.zeros(1, *self.input_size, device=_device(model)),
+                                       keep_outputs=[model.fc], skip_tensors={s.tensor for g in owned for s in g.slices})
+        except UserError:
+            if owned:
+                return []
+            raise
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def register(register: Any) -> None:

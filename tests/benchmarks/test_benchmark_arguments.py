@@ -36,6 +36,7 @@ BAD = [
     ("resume_overhead.py", ["--crash-at", "5"], "--crash-at"),
     ("structured_speed.py", ["--repeats", "6"], "--repeats"),
     ("synthetic_difficulty.py", ["--difficulty", "-1"], "--difficulty"),
+    ("timm_coverage.py", ["--only", "resnet18,no_such_net"], "--only"),
     ("training_overhead.py", ["--steps", "many"], "--steps"),
     ("verify_cost.py", ["--threads", "0"], "--threads"),
     ("training_overhead.py", ["--variants", "eager,fast"], "--variants"),

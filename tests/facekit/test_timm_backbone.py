@@ -92,3 +92,38 @@ def test_bad_weight_files_give_one_line_errors(tmp_path):
     torch.save(wrong, tmp_path / "shape.pt")
     with pytest.raises(DataFormatError, match="size mismatch for conv1.0.weight"):
         TimmFaceBackbone("resnet10t", pretrained_path=tmp_path / "shape.pt")
+
+
+def _cnn_recipe(tmp_path):
+    import yaml
+
+    recipe = {"version": 1, "name": "timm-cnn-filters", "seed": 0, "threads": 1,
+              "model": {"name": "timm", "model_name": "resnet10t", "embedding_size": 16, "img_size": 32},
+              "data": {"name": "synthetic_faces", "identities": 4, "images_per_identity": 4, "eval_identities": 2,
+                       "eval_images_per_identity": 2, "eval_pairs": 4, "image_size": 32},
+              "train": {"steps": 1, "batch_size": 8, "objective": {"name": "arcface"}}, "evaluate": [],
+              "prune": {"importance": "faces", "sparsity": 0.3, "targets": ["filters"], "apply": "physical"},
+              "retrain": {"steps": 1, "batch_size": 8, "objective": {"name": "arcface"}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_timm_cnn_prunes_its_filters_by_faces_in_a_run(cli, tmp_path):
+    pytest.importorskip("torch_pruning")
+    import json
+
+    code, _out, err = cli("run", _cnn_recipe(tmp_path), "--out", tmp_path / "run")
+    assert code == 0, err
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["groups"] and all(g["kind"] == "filters" and len(g["keep"]) < g["size"] for g in plan["groups"].values())
+
+
+def test_a_timm_cnn_without_torch_pruning_is_one_line_naming_the_extra(cli, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    code, _out, err = cli("run", _cnn_recipe(tmp_path), "--out", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "corecompress[torch-pruning]" in errors[0], err
