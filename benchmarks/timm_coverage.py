@@ -38,7 +38,7 @@ ARCHITECTURES: list[tuple[str, int, str]] = [
     ("regnetx_002", 64, "CNN (grouped)"), ("repvgg_a0", 64, "CNN"), ("densenet121", 64, "CNN (concat)"),
     ("convmixer_768_32", 64, "CNN"), ("poolformer_s12", 64, "MetaFormer"),
     ("edgenext_xx_small", 64, "hybrid (EdgeFace)"), ("mobilevit_xxs", 64, "hybrid"),
-    ("efficientformerv2_s0", 64, "hybrid"), ("levit_128", 64, "hybrid"), ("coat_lite_tiny", 64, "hybrid"),
+    ("efficientformerv2_s0", 64, "hybrid"), ("levit_128", 64, "hybrid"), ("coat_lite_tiny", 64, "hierarchical (conv position encodings)"),
     ("vit_tiny_patch16_224", 64, "ViT"), ("deit_tiny_patch16_224", 64, "ViT"), ("deit3_small_patch16_224", 64, "ViT"),
     ("beit_base_patch16_224", 64, "ViT"), ("eva02_tiny_patch14_224", 56, "ViT"), ("cait_xxs24_224", 64, "ViT"),
     ("xcit_nano_12_p16_224", 64, "ViT"), ("swin_tiny_patch4_window7_224", 224, "hierarchical"),

@@ -117,6 +117,9 @@ def apply_physical(model: nn.Module, groups: list[PrunableGroup], plan: PruningP
     for (name, dim), parts in removed.items():  # once per tensor and dim: the indices of every group are original
         _remove_indices(model, name, dim, torch.cat(parts))
     _fix_sizes(model)
+    from corecompress.pruning.transformer_fixups import fold_split_qkv_biases  # imports this module
+
+    fold_split_qkv_biases(model)  # BEiT/EVA/SwinV2 bypass a gathering qkv unless their q/v biases are folded
     for g in groups if fuse_norms else ():
         if g.name in plan.groups and g.meta.get(GATHERED_NORM) and len(g.gather_inputs) == 1:
             _fuse_norm(model, g.meta[GATHERED_NORM], g.gather_inputs[0])

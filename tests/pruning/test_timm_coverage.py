@@ -2,8 +2,7 @@
 
 For each: groups of the kinds it declares; all kinds pruned together at 30 % (seeded random scores);
 masked ≡ physical (relative error ≤ 1e-5); forward + backward of the pruned model; ONNX export of a
-sample. Cases marked slow (large inputs or models) run with ``-m slow``; transformer cases whose blocks
-the adapter does not recognise yet are expected failures (strict=False) until branch wt-vitblocks lands.
+sample. Cases marked slow (large inputs or models) run with ``-m slow`` or ``CORECOMPRESS_SLOW=1``.
 """
 from __future__ import annotations
 
@@ -25,16 +24,13 @@ coverage = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(coverage)  # type: ignore[union-attr]
 
 TRANSFORMER = ("channels", "heads", "neurons")
-#: the kinds each family must offer; hybrids at least CNN filters (their attention: wt-vitblocks)
+#: the kinds each family must offer; hybrids at least CNN filters
 DECLARED = {"CNN": ("filters",), "MetaFormer": ("filters",), "hybrid": ("filters",), "ViT": TRANSFORMER,
             "hierarchical": TRANSFORMER}
 SLOW = {"resnet50d", "tf_efficientnetv2_b0", "densenet121", "convmixer_768_32", "repvgg_a0", "beit_base_patch16_224",
         "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "twins_svt_small", "nest_tiny",
         "maxvit_tiny_rw_224", "levit_128", "coat_lite_tiny", "cait_xxs24_224", "efficientformerv2_s0"}
 ONNX = {"resnet18", "mobilenetv3_small_050", "ghostnet_050", "vit_tiny_patch16_224"}
-#: transformer blocks the adapter prunes today (the rest: wt-vitblocks)
-TRANSFORMERS_TODAY = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit3_small_patch16_224"}
-VITBLOCKS = pytest.mark.xfail(strict=False, reason="transformer blocks: branch wt-vitblocks")
 
 
 def declared(family: str) -> tuple[str, ...]:
@@ -43,8 +39,6 @@ def declared(family: str) -> tuple[str, ...]:
 
 def case(name: str, size: int, family: str):
     marks = [pytest.mark.slow] if name in SLOW else []
-    if family in ("ViT", "hierarchical") and name not in TRANSFORMERS_TODAY:
-        marks.append(VITBLOCKS)
     return pytest.param(name, size, declared(family), marks=marks, id=name)
 
 
