@@ -184,7 +184,7 @@ def _check_objective(ctx: Any, phase: str, section: Any, batch: dict[str, Any], 
     model.train()
     teacher = teacher if "teacher" in needs else None
     view = _StandInContext(ctx, teacher=teacher, state={}, metrics={})
-    with _as_component_error(component, f"{phase}.objective: "):
+    with as_component_error(component, f"{phase}.objective: "):
         objective = ctx.create("loss", section.objective).to(ctx.device)
         setup = getattr(objective, "setup", None)
         if callable(setup):
@@ -206,14 +206,16 @@ def _check_importance(ctx: Any, batch: dict[str, Any], model: torch.nn.Module,
     if not groups:
         return  # the score stage reports it
     view = _StandInContext(ctx, teacher=teacher, calibration=[batch], state={}, metrics={})
-    with _as_component_error(component, "prune.importance: "):
+    with as_component_error(component, "prune.importance: "):
         scores = ctx.create("importance", p.importance).score(model, groups, view)
     check_scores(scores, groups, component)
 
 
 @contextlib.contextmanager
-def _as_component_error(component: Component, prefix: str) -> Iterator[None]:
-    """A component's own exception on stand-in inputs, as one line naming it (``--debug``: its traceback)."""
+def as_component_error(component: Component, prefix: str,
+                        during: str = "on stand-in inputs of this run's shapes") -> Iterator[None]:
+    """A component's own exception (on stand-in inputs, or ``during`` the real call) as one line naming
+    it (``--debug``: its traceback)."""
     try:
         yield
     except (UserError, OSError, torch.cuda.OutOfMemoryError):  # the user's input, the machine: reported as such
@@ -224,7 +226,7 @@ def _as_component_error(component: Component, prefix: str) -> Iterator[None]:
         if debug_tracebacks():
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ComponentError(f"{prefix}{component_label(component)} failed on stand-in inputs of this run's shapes: "
+        raise ComponentError(f"{prefix}{component_label(component)} failed {during}: "
                              f"{type(exc).__name__}: {first}") from None
 
 

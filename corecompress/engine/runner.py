@@ -35,7 +35,7 @@ from corecompress.engine.artifacts import ArtifactStore
 from corecompress.engine.context import RunContext
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
-from corecompress.engine.preflight import check_scores, declined_reasons, preflight
+from corecompress.engine.preflight import as_component_error, check_scores, declined_reasons, preflight
 from corecompress.engine.precision import resolve_precision
 from corecompress.tools.export import export_run, load_weights_file
 from corecompress.plugin.loading import LoadedPlugins
@@ -116,7 +116,8 @@ def _checked_scores(ctx: RunContext, importance: Any, model: torch.nn.Module) ->
     """The importance's scores of ``ctx.groups``, checked (one line naming the plugin otherwise); groups
     an importance declared it may decline are logged and recorded as left unpruned, with why."""
     component = ctx.registry.get("importance", ctx.recipe.prune.importance.name)
-    scores = importance.score(model, ctx.groups, ctx)
+    with as_component_error(component, "prune.importance: ", during="while scoring the model"):
+        scores = importance.score(model, ctx.groups, ctx)
     missing = check_scores(scores, ctx.groups, component)
     if missing:
         reasons = declined_reasons(importance, missing, component)

@@ -40,6 +40,7 @@ def register_importances(register):
     register("partial", make(partial))
     register("partial_declared", make(partial), declines_groups=True)
     register("needs_data", make(lambda g: torch.ones(g.size)), needs={"data"})
+    register("crashes", make(lambda g: torch.ones(g.size) @ torch.ones(3, 3)))
 """
 
 LOSSES = """
@@ -118,6 +119,15 @@ def test_a_broken_importance_stops_before_training_naming_plugin_and_expected(cl
     code, _out, err = cli("run", recipe, "--out", tmp_path / "run2")
     assert code == 2 and "Traceback" not in err and re.search(expected, err), err
     assert "stage score: started" in (tmp_path / "run2" / "log.txt").read_text()
+
+
+def test_an_importance_crashing_while_scoring_is_one_line_naming_it(cli, broken_site, tmp_path):
+    recipe = _recipe(tmp_path, prune=_prune("crashes"), retrain={"steps": 1, "batch_size": 8})  # nothing trains first
+    code, _out, err = cli("run", recipe, "--out", tmp_path / "run")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: prune.importance: importance 'crashes' (plugin 'scores', distribution "
+                               "'thirdparty-scores') failed while scoring the model: RuntimeError: "), lines[0]
 
 
 def test_an_importance_that_declares_it_declines_groups_leaves_them_unpruned_and_says_so(cli, broken_site, tmp_path):
