@@ -113,10 +113,16 @@ def uint8_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 def normalize_uint8_batch(batch: torch.Tensor) -> torch.Tensor:
     """A uint8 Nx3xHxW batch (on any device) -> float32 (x/255 - 0.5)/0.5, contiguous, on the same device:
-    the float ops of :func:`normalize_batch` in its order (exact uint8 -> float, then the two passes)."""
+    the float ops of :func:`normalize_batch` in its order (exact uint8 -> float, x/127.5, then - 1).
+
+    The divisor is a 0-dim tensor on the batch's device: CUDA's kernel divides by a Python number as a
+    multiplication by its reciprocal (which may lose one bit), by a device tensor as a true division, as
+    the CPU does for both."""
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected a uint8 Nx3xHxW batch, got {batch.dtype} {tuple(batch.shape)}")
-    return _normalize_in_place(batch.to(torch.float32, memory_format=torch.contiguous_format))
+    images = batch.to(torch.float32, memory_format=torch.contiguous_format)
+    divisor = torch.full((), 255.0 * FACE_STD, dtype=torch.float32, device=batch.device)
+    return images.div_(divisor).sub_(FACE_MEAN / FACE_STD)
 
 
 class NormalizeToTensor:
