@@ -3,7 +3,8 @@
 Training samples: ``{"image": float (3,H,W) in [-1, 1], "label": int, "index": int[, "attributes": float (40,)]}``.
 Evaluation sets are :class:`PairSet` (verification pairs over an image set) or :class:`AttributeSet`.
 Images are normalised (x/255 − 0.5)/0.5 as every face-recognition paper here does; flips are the
-training loop's job (``augment: flip``), so cached teacher embeddings stay valid.
+training loop's job (``augment: flip``), so cached teacher embeddings stay valid. The training loop
+alone may read :meth:`FaceSamples.uint8_view` (uint8 images, normalised on its device, bit for bit the same).
 """
 from __future__ import annotations
 

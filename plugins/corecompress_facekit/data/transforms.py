@@ -1,4 +1,5 @@
-"""Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out.
+"""Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out (or, for the
+training loader, uint8 Nx3xHxW batches that :func:`normalize_uint8_batch` normalises on the device).
 
 Conventions of face recognition / FACES (Lajić et al., ICT Express 2026): inputs normalised as
 (x/255 - 0.5)/0.5 to [-1, 1] at 112x112; training with random horizontal flip (recognition) or with
@@ -102,7 +103,7 @@ def normalize_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
 def uint8_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 HxWx3 images of one size -> a contiguous uint8 Nx3xHxW batch, un-normalised (a quarter
     of the float batch's bytes); :func:`normalize_uint8_batch` of it equals :func:`normalize_batch`
-    of the images bit for bit, wherever it runs."""
+    of the images bit for bit (tested on the CPU; on CUDA by the same ops, not tested here)."""
     arrays = _checked_batch(images)
     height, width = arrays[0].shape[:2]
     batch = _batch_buffer((len(arrays), 3, height, width), torch.uint8)
