@@ -3,8 +3,12 @@
 (a) Writes its own ``.rec`` of ``--images`` 112×112 JPEGs (synthetic faces from the project's renderer,
     each shifted and tinted so no two are the same) to a temporary folder, then measures, in rounds with
     the order rotating: the decode-only limit (JPEG bytes already in memory → uint8 array, this process)
-    and the training loop's own loader (``RecordIOData.train()`` through ``training._batches``: read,
-    decode, normalise, collate to batches of ``--batch``) with each of ``--workers`` worker counts.
+    and the training loop's own loader (``RecordIOData.train()`` through ``training._batches`` and
+    ``training._to_device``: read, decode, collate to uint8 batches of ``--batch``, then normalise on
+    the run's device — here the CPU, so that cost is counted in this process) with each of ``--workers``
+    worker counts; the same uint8 batches without the normalisation (what the CPU does in a GPU run,
+    where the normalisation is GPU work); and the float path it replaced (normalised float batches
+    built by the loader, ``training.DEVICE_NORMALIZE`` off).
     Reported (medians of the rounds): images/s and, per worker, the loader's rate over the limit (goal
     ≥ 0.9; with 0 workers the loader runs in this process); and, since a shared machine's load skews
     wall-clock rates, images per CPU-second (this process and its workers) over the limit's — the share
@@ -74,25 +78,34 @@ def time_decode_limit(payloads: list[bytes]) -> tuple[float, float]:
     return len(payloads) / (time.perf_counter() - start), len(payloads) / (cpu_seconds() - cpu)
 
 
-def time_pipeline(data_dir: Path, workers: int, batch: int) -> tuple[float, float]:
+def time_pipeline(data_dir: Path, workers: int, batch: int, path: str = "u") -> tuple[float, float]:
     """(images/s after the first batch, images per CPU-second of the whole epoch, workers included)
-    of the training loop's loader."""
+    of the training loop's loader. ``path``: "u" uint8 batches normalised on the device (the CPU) as the
+    loop does; "r" the same uint8 batches not normalised (the CPU's share of a GPU run); "f" float batches."""
+    import torch
+
     from corecompress.config.recipe import TrainSection
-    from corecompress.engine.training import _batches
+    from corecompress.engine import training
     from corecompress_facekit.datasets import RecordIOData, RecordIOOptions
 
-    cpu = cpu_seconds()
+    cpu, device = cpu_seconds(), torch.device("cpu")
+    training.DEVICE_NORMALIZE = path != "f"
     dataset = RecordIOData(RecordIOOptions(path=str(data_dir))).train()
+    read, normalize = training._train_view(dataset)
+    assert (normalize is not None) == (path != "f")
+    normalize = None if path == "r" else normalize
     section = TrainSection(steps=1, batch_size=batch, num_workers=workers)
-    batches, _lo, _hi = _batches(dataset, section, seed=0, start_step=0, global_batch=batch, rank=0, world=1)
-    next(batches)
+    batches, _lo, _hi = training._batches(read, section, seed=0, start_step=0, global_batch=batch, rank=0, world=1)
+    training._to_device(next(batches), device, normalize)
     timed = len(dataset) // batch - 1
     start = time.perf_counter()
     for _ in range(timed):
-        next(batches)
+        images = training._to_device(next(batches), device, normalize)["image"]
+        assert images.dtype == (torch.uint8 if path == "r" else torch.float32)
     seconds = time.perf_counter() - start
-    del batches  # stops and joins the workers, so their CPU time is counted
+    del batches, images  # stops and joins the workers, so their CPU time is counted
     gc.collect()
+    training.DEVICE_NORMALIZE = True
     return timed * batch / seconds, (timed + 1) * batch / (cpu_seconds() - cpu)
 
 
@@ -106,20 +119,24 @@ def throughput(args: argparse.Namespace, folder: Path) -> list[str]:
           f"in {time.perf_counter() - began:.1f} s")
     dataset = RecordIODataset(folder / "faces")
     payloads = [dataset.read_record(int(key))[1] for key in dataset.image_keys]
-    configs = ["limit"] + [f"w{w}" for w in args.workers]
+    configs = ["limit"] + [f"{path}{w}" for w in args.workers for path in ("u", "r", "f")]
     rates: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
     for round_ in range(args.rounds):
         order = configs[round_ % len(configs):] + configs[:round_ % len(configs)]
         for config in order:
             rates[config].append(time_decode_limit(payloads) if config == "limit"
-                                 else time_pipeline(folder / "faces", int(config[1:]), args.batch))
+                                 else time_pipeline(folder / "faces", int(config[1:]), args.batch, config[0]))
     limit, limit_cpu = (statistics.median(r[i] for r in rates["limit"]) for i in (0, 1))
     rows = [f"| decode-only limit (this process) | {limit:,.0f} | — | — | {limit_cpu:,.0f} | — |"]
     for w in args.workers:
-        rate, per_cpu = (statistics.median(r[i] for r in rates[f"w{w}"]) for i in (0, 1))
-        per_worker = rate / limit / max(w, 1)
-        rows.append(f"| loader, {w} worker{'s' if w != 1 else ''} | {rate:,.0f} | {rate / limit:.2f} | "
-                    f"{per_worker:.2f} | {per_cpu:,.0f} | {per_cpu / limit_cpu:.2f} {'✓' if per_cpu >= 0.9 * limit_cpu else '✗'} |")
+        for path, what in (("u", "uint8 batches, normalised on the device (CPU)"),
+                           ("r", "uint8 batches, not normalised (CPU side of a GPU run)"),
+                           ("f", "float batches (before)")):
+            rate, per_cpu = (statistics.median(r[i] for r in rates[f"{path}{w}"]) for i in (0, 1))
+            per_worker = rate / limit / max(w, 1)
+            mark = "✓" if per_cpu >= 0.9 * limit_cpu else "✗"
+            rows.append(f"| loader, {w} worker{'s' if w != 1 else ''}, {what} | {rate:,.0f} | {rate / limit:.2f} | "
+                        f"{per_worker:.2f} | {per_cpu:,.0f} | {per_cpu / limit_cpu:.2f} {mark} |")
     head = (f"| (a) batch {args.batch}, {args.images} JPEGs, median of {args.rounds} rounds | images/s | vs limit | "
             "per worker vs limit | images per CPU-second | CPU efficiency vs limit (goal ≥ 0.9) |")
     return [head, "|---|---:|---:|---:|---:|---:|"] + rows

@@ -17,7 +17,8 @@ any number of workers.
 A dataset may also read a whole batch at once: the optional method ``batch(indices) -> dict`` returns
 exactly what collating ``[dataset[i] for i in indices]`` would (bit for bit), built in one buffer
 (face readers: one float batch instead of one tensor per image plus a stacking copy). The training
-loader calls it when present.
+loader calls it when present. (The training loop may read a uint8 view of a decoding set instead and
+normalise on the device: ``training._train_view``, docs/data_loading.md.)
 
 On CUDA the batches are pinned (``pin_memory``) so the loop's ``non_blocking`` copies overlap the
 step; with workers, they stay alive across epochs (``persistent_workers``) and each keeps

@@ -68,7 +68,7 @@ from corecompress.engine.checkpoint import (
 )
 from corecompress.errors import UserError
 from corecompress.engine.evaluate import evaluate_model
-from corecompress.engine.data_loaders import batches_of, train_loader
+from corecompress.engine.data_loaders import batches_of, train_loader, wanted_workers
 from corecompress.config.recipe import TrainSection
 
 
@@ -208,8 +208,32 @@ class StudentWithObjective(torch.nn.Module):
         return self.objective(outputs, batch, teacher_outputs)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+#: Whether the training loader reads uint8 images from a decoding dataset that offers them and normalises
+#: them on the device (:func:`_train_view`); the batches are bitwise the same either way (tests switch it).
+DEVICE_NORMALIZE = True
+
+
+def _train_view(dataset: Any) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """What the training loader reads, and the normalisation its images need on the device (None: none).
+
+    A dataset that decodes images (``decode_workers``, :mod:`corecompress.engine.data_loaders`) may offer
+    ``uint8_view() -> (view, normalize) | None``: ``view`` yields the same samples with uint8 images, a
+    quarter of the bytes, and ``normalize(uint8 batch on the device)`` is bit for bit the float batch the
+    dataset itself gives. Only the training loop reads the view; ``ctx.data.train()`` stays as it is."""
+    offer = getattr(dataset, "uint8_view", None)
+    if not DEVICE_NORMALIZE or not callable(offer) or wanted_workers(dataset) == 0:
+        return dataset, None
+    view = offer()
+    return (dataset, None) if view is None else view
+
+
+def _to_device(batch: dict[str, Any], device: torch.device,
+               normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+    """``batch`` on ``device`` (non-blocking copies); then ``normalize`` of its images there, if given."""
+    moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if normalize is not None:
+        moved["image"] = normalize(moved["image"])
+    return moved
 
 
 @dataclass
@@ -229,6 +253,7 @@ class _Loop:
     params: list[torch.nn.Parameter]
     base_lrs: list[float]  # the optimizer's learning rates before any schedule (or resume) touched them
     batches: Iterator[dict[str, Any]]
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None  # of the images on the device (_train_view)
     teacher_call: Callable[[torch.Tensor, dict[str, Any]], Any] | None
     progress: _Progress
     on_step: Callable[[int, torch.nn.Module], None] | None
@@ -308,7 +333,8 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
 
         distributed.main_first(prepare)  # rank 0 fills caches
     schedule = ctx.create("schedule", section.lr_schedule)
-    batches, lo, hi = _batches(dataset, section, seed, progress.step, global_batch, rank, world, ctx.device)
+    read, normalize = _train_view(dataset)
+    batches, lo, hi = _batches(read, section, seed, progress.step, global_batch, rank, world, ctx.device)
     # DDP averages the ranks' gradients; with unequal slices each rank's mean loss is weighted by its
     # share, so the average is the gradient of the global batch mean (exactly 1 for equal slices)
     share = (hi - lo) * world / global_batch
@@ -317,7 +343,7 @@ def _build_loop(ctx: Any, section: TrainSection, phase: str, model: torch.nn.Mod
         step_module = distributed.wrap_ddp(step_module, ignore=row_shards.ddp_ignore_names(step_module))
     teacher_call = _teacher_outputs(target, ctx.teacher) if needs_teacher else None
     return _Loop(ctx, section, phase, seed, model, objective, step_module, optimizer, schedule, params, base_lrs,
-                 batches, teacher_call, progress, on_step, world, rank, lo, hi, global_batch, share)
+                 batches, normalize, teacher_call, progress, on_step, world, rank, lo, hi, global_batch, share)
 
 
 def _batches(dataset: Any, section: TrainSection, seed: int, start_step: int, global_batch: int, rank: int,
@@ -396,7 +422,7 @@ def _run_steps(loop: _Loop) -> bool:
 def _next_batch(loop: _Loop, stop: _StopOnInterrupt) -> dict[str, Any] | None:
     """The next batch, on the device; None when it failed because Ctrl-C was pressed."""
     try:
-        return _to_device(next(loop.batches), loop.ctx.device)
+        return _to_device(next(loop.batches), loop.ctx.device, loop.normalize)
     except Exception:  # noqa: BLE001 - Ctrl-C also stops DataLoader workers; the interrupt wins
         if stop.requested:
             return None

@@ -46,7 +46,9 @@ class Dataset(Protocol):
     Optional on the torch dataset ``train()`` returns (and on evaluation image sets), read by
     :mod:`corecompress.engine.data_loaders`: ``decode_workers`` (int, DataLoader workers it wants under
     ``num_workers: auto``; absent or 0 = samples in memory) and ``batch(indices) -> dict`` (the collated
-    samples, bit for bit, read at once)."""
+    samples, bit for bit, read at once); on a decoding training set, ``uint8_view() -> (view, normalize) |
+    None`` (read by the training loop only: ``view`` yields uint8 images, ``normalize`` of their batch on the
+    device is bit for bit the float batch; docs/data_loading.md)."""
 
     num_classes: int
 

@@ -3,7 +3,8 @@
 Training samples: ``{"image": float (3,H,W) in [-1, 1], "label": int, "index": int[, "attributes": float (40,)]}``.
 Evaluation sets are :class:`PairSet` (verification pairs over an image set) or :class:`AttributeSet`.
 Images are normalised (x/255 − 0.5)/0.5 as every face-recognition paper here does; flips are the
-training loop's job (``augment: flip``), so cached teacher embeddings stay valid.
+training loop's job (``augment: flip``), so cached teacher embeddings stay valid. The training loop
+alone may read :meth:`FaceSamples.uint8_view` (uint8 images, normalised on its device, bit for bit the same).
 """
 from __future__ import annotations
 
@@ -75,17 +76,62 @@ class FaceSamples(Dataset):
 
         if self.cache:  # the cached tensors are the samples
             return default_collate([self[i] for i in indices])
-        items = [self.source[i] for i in indices]
-        has_attributes = {len(item) > 2 and item[2] is not None for item in items}
-        if len(has_attributes) > 1:  # a mix: collating refuses it, with its own message
-            return default_collate([self[i] for i in indices])
-        batch = {"image": normalize_batch([_prepared(np.asarray(item[0]), self.size) for item in items]),
-                 "label": torch.tensor([int(item[1]) for item in items], dtype=torch.int64),
-                 "index": torch.tensor([int(i) for i in indices], dtype=torch.int64)}
-        if has_attributes == {True}:
-            batch["attributes"] = torch.stack([torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
-                                               for item in items])
-        return batch
+        return _whole_batch(self, indices, normalize_batch) or default_collate([self[i] for i in indices])
+
+    def uint8_view(self) -> tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """For the training loader: ``(view, normalize)``, where ``view`` has these samples with uint8
+        3xHxW images, un-normalised, and ``normalize`` maps a collated uint8 image batch (on any device)
+        to exactly this dataset's float batch. None when the images are cached float tensors.
+        This dataset itself is unchanged: teacher caches, calibration and evaluators get floats."""
+        from corecompress_facekit.data.transforms import normalize_uint8_batch
+
+        return None if self.cache else (_Uint8Samples(self), normalize_uint8_batch)
+
+
+def _whole_batch(samples: FaceSamples, indices: Sequence[int],
+                 images: Callable[[list[np.ndarray]], torch.Tensor]) -> dict[str, Any] | None:
+    """The collated batch of ``samples`` at ``indices`` with ``images(prepared uint8 HxWx3 images)`` as its
+    images; None for a mix of samples with and without attributes (collating refuses it, with its own message)."""
+    items = [samples.source[i] for i in indices]
+    has_attributes = {len(item) > 2 and item[2] is not None for item in items}
+    if len(has_attributes) > 1:
+        return None
+    batch = {"image": images([_prepared(np.asarray(item[0]), samples.size) for item in items]),
+             "label": torch.tensor([int(item[1]) for item in items], dtype=torch.int64),
+             "index": torch.tensor([int(i) for i in indices], dtype=torch.int64)}
+    if has_attributes == {True}:
+        batch["attributes"] = torch.stack([torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
+                                           for item in items])
+    return batch
+
+
+class _Uint8Samples(Dataset):
+    """:meth:`FaceSamples.uint8_view`'s view: the samples of ``samples`` with uint8 3xHxW images."""
+
+    def __init__(self, samples: FaceSamples) -> None:
+        self.samples = samples
+
+    @property
+    def decode_workers(self) -> int:
+        return self.samples.decode_workers
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.samples.source[index]
+        image = np.ascontiguousarray(_prepared(np.asarray(item[0]), self.samples.size))
+        sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                  "label": int(item[1]), "index": int(index)}
+        if len(item) > 2 and item[2] is not None:
+            sample["attributes"] = torch.as_tensor(np.asarray(item[2]), dtype=torch.float32)
+        return sample
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The collated uint8 samples at ``indices``, built in one buffer."""
+        from corecompress_facekit.data.transforms import uint8_batch
+
+        return _whole_batch(self.samples, indices, uint8_batch) or default_collate([self[i] for i in indices])
 
 
 @dataclass

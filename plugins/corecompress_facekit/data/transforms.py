@@ -1,4 +1,5 @@
-"""Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out.
+"""Face image transforms: uint8 HxWx3 numpy images in, float32 CHW torch tensors out (or, for the
+training loader, uint8 Nx3xHxW batches that :func:`normalize_uint8_batch` normalises on the device).
 
 Conventions of face recognition / FACES (Lajić et al., ICT Express 2026): inputs normalised as
 (x/255 - 0.5)/0.5 to [-1, 1] at 112x112; training with random horizontal flip (recognition) or with
@@ -28,6 +29,8 @@ __all__ = [
     "build_train_transform",
     "normalize_batch",
     "normalize_to_tensor",
+    "normalize_uint8_batch",
+    "uint8_batch",
 ]
 
 FACE_MEAN = 0.5
@@ -65,29 +68,62 @@ def normalize_to_tensor(image: np.ndarray) -> torch.Tensor:
     return _normalize_in_place(torch.from_numpy(array).permute(2, 0, 1).to(torch.float32))
 
 
-def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; in shared memory inside a DataLoader worker, as ``default_collate``
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside a DataLoader worker, as ``default_collate``
     allocates its batches there (the batch then reaches the main process without another copy)."""
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    template = torch.empty(0, dtype=torch.float32)
+        return torch.empty(shape, dtype=dtype)
+    template = torch.empty(0, dtype=dtype)
     storage = template._typed_storage()._new_shared(int(np.prod(shape)))
     return template.new(storage).resize_(shape)
+
+
+def _checked_batch(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The images as uint8 HxWx3 arrays of one size (at least one)."""
+    arrays = [_check_uint8_image(image) for image in images]
+    if not arrays:
+        raise ValueError("a batch needs at least one image")
+    shape = arrays[0].shape
+    different = next((a.shape for a in arrays if a.shape != shape), None)
+    if different is not None:
+        raise ValueError(f"images of one batch must share a size, got {shape} and {different}")
+    return arrays
 
 
 def normalize_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 HxWx3 images of one size -> float32 Nx3xHxW, equal bit for bit to stacking
     :func:`normalize_to_tensor` of each, built in one buffer (no per-image tensors, no stacking copy)."""
-    arrays = [_check_uint8_image(image) for image in images]
-    if not arrays:
-        raise ValueError("normalize_batch needs at least one image")
-    shape = arrays[0].shape
-    different = next((a.shape for a in arrays if a.shape != shape), None)
-    if different is not None:
-        raise ValueError(f"images of one batch must share a size, got {shape} and {different}")
-    batch = _batch_buffer((len(arrays), 3, shape[0], shape[1]))
+    arrays = _checked_batch(images)
+    height, width = arrays[0].shape[:2]
+    batch = _batch_buffer((len(arrays), 3, height, width))
     batch.copy_(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
     return _normalize_in_place(batch)
+
+
+def uint8_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 images of one size -> a contiguous uint8 Nx3xHxW batch, un-normalised (a quarter
+    of the float batch's bytes); :func:`normalize_uint8_batch` of it equals :func:`normalize_batch`
+    of the images bit for bit (tested on the CPU; on CUDA by the same ops, not tested here)."""
+    arrays = _checked_batch(images)
+    height, width = arrays[0].shape[:2]
+    batch = _batch_buffer((len(arrays), 3, height, width), torch.uint8)
+    for row, array in zip(batch, arrays):  # one image at a time: no stacked copy of the batch
+        row.copy_(torch.from_numpy(array).permute(2, 0, 1))
+    return batch
+
+
+def normalize_uint8_batch(batch: torch.Tensor) -> torch.Tensor:
+    """A uint8 Nx3xHxW batch (on any device) -> float32 (x/255 - 0.5)/0.5, contiguous, on the same device:
+    the float ops of :func:`normalize_batch` in its order (exact uint8 -> float, x/127.5, then - 1).
+
+    The divisor is a 0-dim tensor on the batch's device: CUDA's kernel divides by a Python number as a
+    multiplication by its reciprocal (which may lose one bit), by a device tensor as a true division, as
+    the CPU does for both."""
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"expected a uint8 Nx3xHxW batch, got {batch.dtype} {tuple(batch.shape)}")
+    images = batch.to(torch.float32, memory_format=torch.contiguous_format)
+    divisor = torch.full((), 255.0 * FACE_STD, dtype=torch.float32, device=batch.device)
+    return images.div_(divisor).sub_(FACE_MEAN / FACE_STD)
 
 
 class NormalizeToTensor:
