@@ -42,6 +42,7 @@ class FacesImportance:
 
     def __init__(self, options: FacesOptions) -> None:
         self.options = options
+        self.declined: dict[str, str] = {}  # group name -> why FACES has no score for it (read by the runner)
 
     @property
     def comparable_across_groups(self) -> bool:
@@ -57,8 +58,13 @@ class FacesImportance:
     def score(self, model: torch.nn.Module, groups: list[PrunableGroup], context: Any) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
         scores = {}
+        self.declined = {}
         for g in groups:
-            if g.scale is None or not self._wanted(g):
+            if not self._wanted(g):
+                self.declined[g.name] = f"faces: branches is '{self.options.branches}'"
+                continue
+            if g.scale is None:
+                self.declined[g.name] = _why_no_scale(g)
                 continue
             gamma = params[g.scale].detach().abs().float().cpu()
             if gamma.numel() != g.size:
@@ -67,6 +73,15 @@ class FacesImportance:
                 gamma = gamma / gamma.mean().clamp_min(1e-12)
             scores[g.name] = gamma
         return scores
+
+
+def _why_no_scale(group: PrunableGroup) -> str:
+    if group.kind == "channels":
+        return ("faces: no LayerNorm γ feeds these channels (a post-norm block such as SwinV2's normalises after "
+                "the branch); use l1 or nvit for it")
+    if group.kind in ("heads", "neurons"):
+        return f"faces: {group.kind} have no norm scale (FACES scores channels only)"
+    return "faces: no BatchNorm or affine scale follows this convolution"
 
 
 @hookimpl

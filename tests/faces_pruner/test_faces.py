@@ -153,3 +153,29 @@ def test_faces_head_is_the_attribute_probe_architecture():
     assert isinstance(faces_head, AttributeHead)
     a, b = probe.state_dict(), faces_head.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_faces_says_why_it_leaves_a_group_unscored():
+    """Post-norm blocks (SwinV2) have no γ feeding qkv/fc1; heads and neurons have none at all: each
+    declined group carries a reason the run's log and report show, instead of a bare 'not scored'."""
+    timm = pytest.importorskip("timm")
+    from corecompress.engine.preflight import declined_reasons
+    from corecompress.pruning.transformer_finder import find_transformer_groups
+
+    model = timm.create_model("swinv2_tiny_window8_256", pretrained=False, num_classes=0, depths=(1, 1, 1, 1),
+                              embed_dim=24, num_heads=(3, 3, 4, 6), img_size=64)
+    groups = find_transformer_groups(model, (3, 64, 64)).groups
+    importance = faces()
+    scores = importance.score(model, groups, None)
+    assert scores == {}
+    reasons = declined_reasons(importance, [g.name for g in groups], REGISTRY.get("importance", "faces"))
+    kinds = {g.name: g.kind for g in groups}
+    assert {kinds[n] for n, why in reasons.items() if "post-norm" in why} == {"channels"}
+    assert {kinds[n] for n, why in reasons.items() if "FACES scores channels only" in why} == {"heads", "neurons"}
+
+    spec, net = swinface("nano")
+    pre_norm = spec.prunable_groups(net, ("channels", "heads"))
+    mlp_only = faces(branches="mlp")
+    scored = mlp_only.score(net, pre_norm, None)
+    assert scored and all(name.endswith("mlp_in") for name in scored)
+    assert all("branches is 'mlp'" in why for name, why in mlp_only.declined.items() if name.endswith("attn_in"))
