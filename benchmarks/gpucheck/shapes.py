@@ -70,6 +70,7 @@ SMOKE = Shapes(
         "train": {"steps": 3, "batch_size": 8},
         "retrain": {"steps": 2, "batch_size": 8},
         "evaluate": ["verification"],
+        "prune": {"budget": {"batch_size": 4}},  # the quickstart's latency budget, its cost table on small batches
     },
     quickstart_timeout_s=90,
 )

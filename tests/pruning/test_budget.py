@@ -13,7 +13,7 @@ from corecompress.plugin.loading import load_plugins
 from corecompress.pruning.budget import BudgetRequest, BudgetUnreachable, plan_to_budget
 from corecompress.pruning.cost_table import CostTable, LatencyCost, load_or_measure, measure_cost_table, relative_name
 from corecompress.pruning.physical import apply_physical
-from corecompress.pruning.plan import ROUND_EXEMPT_KINDS
+from corecompress.pruning.plan import ROUND_EXEMPT_KINDS, GroupPlan, PruningPlan
 from corecompress.pruning.plan_cost import MacCost, ParameterCost
 from corecompress.testing.stand_ins import stand_in_model
 from corecompress.tools import measure
@@ -109,6 +109,43 @@ def test_latency_budget_with_a_fake_cost_table_is_deterministic_and_met():
     assert again.to_dict() == plan.to_dict()
 
 
+def test_groups_of_one_block_save_less_together_when_the_joint_timing_says_so():
+    """The joint ½ timing scales every saving of its block (k = joint / sum of separate savings)."""
+    model, spec, groups = _model("tiny_vit")
+    table = _fake_table(groups)
+    additive = LatencyCost(table, groups)
+    for entry in table.tables.values():
+        halves = {name: e["widths"][1] for name, e in entry["groups"].items()}
+        separate = sum(1e-3 * (size - w) for size, w in ((e["widths"][-1], e["widths"][1])
+                                                          for e in entry["groups"].values()))
+        entry["joint"] = {"widths": halves, "seconds": entry["dense"] - 0.5 * separate}  # half the additive saving
+    joint = LatencyCost(table, groups)
+    assert list(joint.interaction.values()) == pytest.approx([0.5] * len(table.blocks))
+    assert set(additive.interaction.values()) == {1.0}
+    plan = plan_to_budget(_random_scores(groups), groups, ParameterCost(model, groups), BudgetRequest("params", 0.5))
+    assert joint(plan) - joint.rest == pytest.approx((additive(plan) - additive.rest + (
+        sum(entry["dense"] for entry in table.tables.values()))) / 2)
+    channels_only = [g for g in groups if g.kind == "channels"]  # not the groups the joint timing pruned
+    assert set(LatencyCost(table, channels_only).interaction.values()) == {1.0}
+
+
+def test_the_whole_model_at_half_calibrates_how_the_model_follows_its_blocks():
+    """With the whole model timed at ½, the plan at ½ is predicted at exactly that time (s = 2 here)."""
+    model, spec, groups = _model("tiny_vit")
+    table = _fake_table(groups)
+    saving = 0.0
+    for entry in table.tables.values():
+        entry["half"] = entry["dense"] - sum(1e-3 * (e["widths"][-1] - e["widths"][1]) for e in entry["groups"].values())
+        saving += entry["dense"] - entry["half"]
+    table.half_model_seconds = table.model_seconds - 2 * saving
+    cost = LatencyCost(table, groups)
+    assert cost.slope == pytest.approx(2.0)
+    half_plan = PruningPlan({g.name: GroupPlan(g.kind, g.size, list(range(g.size // 2))) for g in groups})
+    assert cost(half_plan) == pytest.approx(table.half_model_seconds)
+    assert LatencyCost(CostTable.from_dict(json.loads(json.dumps(table.to_dict()))), groups)(half_plan) == \
+        pytest.approx(table.half_model_seconds)  # kept through the cached JSON
+
+
 def test_a_real_cost_table_is_measured_once_and_cached(tmp_path):
     model, spec = stand_in_model("tiny_vit")
     groups = spec.prunable_groups(model, TARGETS)
@@ -119,7 +156,10 @@ def test_a_real_cost_table_is_measured_once_and_cached(tmp_path):
     for block, signature in table.blocks.items():
         entry = table.tables[signature]
         assert set(entry["groups"]) == {"attn_in", "mlp_in", "heads", "mlp_hidden"}
+        assert set(entry["joint"]["widths"]) == set(entry["groups"]) and entry["joint"]["seconds"] > 0
+        assert entry["half"] == entry["joint"]["seconds"]
         assert all(s > 0 for e in entry["groups"].values() for s in e["seconds"])
+    assert 0 < table.half_model_seconds
     assert json.loads(path.read_text())["key"] == key
 
     def must_not_measure():
