@@ -31,6 +31,7 @@ BAD = [
     ("faces_size_speed.py", ["--batch", "0"], "--batch"),
     ("fused_norm_gather.py", ["--presets", "foo"], "--presets"),
     ("gpu_check.py", ["--sections", "a,e"], "--sections"),
+    ("latency_budget.py", ["--budgets", "0.5,1.5"], "--budgets"),
     ("partial_fc.py", ["--steps", "0"], "--steps"),
     ("pruning_sweep.py", ["--only", "az"], "--only"),
     ("resume_overhead.py", ["--crash-at", "5"], "--crash-at"),
